@@ -1,0 +1,120 @@
+"""Input validation shared by every loss and callback.
+
+Each check raises a ``ValueError`` (or ``TypeError``) that names the argument, says what was
+expected and shows what came, so that a wrong call is fixed from the message alone.
+Value checks (label range, NaN) read tensor values; they are skipped while ``torch.compile``
+traces, so compiled graphs stay free of data-dependent branches.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The registered names that look most like ``name`` (for "did you mean" messages)."""
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+
+
+def check_choice(value: str, choices: Sequence[str], arg: str) -> str:
+    """``value`` must be one of ``choices``; otherwise name the closest ones."""
+    if value not in choices:
+        hint = closest(str(value), choices)
+        suggestion = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+        raise ValueError(
+            f"`{arg}` must be one of {', '.join(map(repr, choices))}; got {value!r}.{suggestion}"
+        )
+    return value
+
+
+def check_reduction(reduction: str) -> str:
+    return check_choice(reduction, REDUCTIONS, "reduction")
+
+
+def check_tensor(x: object, arg: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{arg}` must be a torch.Tensor; got {type(x).__name__}.")
+    return x
+
+
+def check_float(x: Tensor, arg: str) -> Tensor:
+    if not x.is_floating_point():
+        raise TypeError(f"`{arg}` must be a floating-point tensor of logits; got dtype {x.dtype}.")
+    return x
+
+
+def check_finite(x: Tensor, arg: str) -> None:
+    """Raise if ``x`` holds NaN or infinity (opt-in: it reads values, which syncs a GPU)."""
+    if torch.compiler.is_compiling():
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(
+            f"`{arg}` must be finite; got {int(torch.isnan(x).sum())} NaN and "
+            f"{int(torch.isinf(x).sum())} infinite values out of {x.numel()}."
+        )
+
+
+def check_positive(value: float, arg: str, *, allow_zero: bool = False) -> float:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{arg}` must be {bound}; got {value!r}.")
+    return value
+
+
+def check_range(value: float, arg: str, low: float, high: float, *, closed: str = "both") -> float:
+    """``value`` in [low, high], (low, high], [low, high) or (low, high) as ``closed`` says."""
+    lo_ok = value >= low if closed in ("both", "left") else value > low
+    hi_ok = value <= high if closed in ("both", "right") else value < high
+    if not (lo_ok and hi_ok):
+        left = "[" if closed in ("both", "left") else "("
+        right = "]" if closed in ("both", "right") else ")"
+        raise ValueError(f"`{arg}` must lie in {left}{low}, {high}{right}; got {value!r}.")
+    return value
+
+
+def check_class_counts(counts: Tensor | Sequence[float], arg: str = "class_counts") -> Tensor:
+    """Class counts as a float tensor (K,): one entry per class, none negative, not all zero."""
+    t = torch.as_tensor(counts, dtype=torch.float64).detach().cpu()
+    if t.ndim != 1 or t.numel() < 1:
+        raise ValueError(f"`{arg}` must be a 1-D sequence with one count per class; got shape "
+                         f"{tuple(t.shape)}.")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{arg}` must be finite; got {t.tolist()}.")
+    if bool((t < 0).any()):
+        neg = [i for i, v in enumerate(t.tolist()) if v < 0]
+        raise ValueError(f"`{arg}` must be non-negative; classes {neg} have negative counts "
+                         f"({t[neg].tolist()}).")
+    if float(t.sum()) <= 0:
+        raise ValueError(f"`{arg}` must count at least one sample; got all zeros.")
+    return t
+
+
+def check_class_weight(weight: Tensor | Sequence[float] | None, arg: str = "weight") -> Tensor | None:
+    if weight is None:
+        return None
+    t = torch.as_tensor(weight, dtype=torch.float32).detach().clone()
+    if t.ndim != 1:
+        raise ValueError(f"`{arg}` must be 1-D, one weight per class; got shape {tuple(t.shape)}.")
+    if bool((t < 0).any()) or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{arg}` must be finite and non-negative; got {t.tolist()}.")
+    return t
+
+
+def check_sample_weight(sample_weight: Tensor | None, n: int) -> Tensor | None:
+    if sample_weight is None:
+        return None
+    check_tensor(sample_weight, "sample_weight")
+    if sample_weight.shape != (n,):
+        raise ValueError(
+            f"`sample_weight` must have shape ({n},), one weight per sample; got "
+            f"{tuple(sample_weight.shape)}."
+        )
+    return sample_weight

@@ -1,0 +1,137 @@
+"""The base class every loss derives from: one calling convention for all families.
+
+``loss(input, target, *, sample_weight=None, **context) -> Tensor``
+
+A subclass implements :meth:`Loss.per_sample`, which returns one value per sample (and which
+samples are valid); the reduction is applied in exactly one place, :func:`~lightning_losses._reduce.
+reduce_loss`. The class attributes ``input_kind``, ``target_kind`` and ``context`` declare what
+the loss consumes; the registry, the :class:`~lightning_losses.LossMixin` and the tests read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_class_counts, check_reduction
+from .._reduce import PerSample, reduce_loss
+
+#: Context tokens a loss may declare, and what the mixin passes for each at call time.
+CALL_CONTEXT = {
+    "epoch": "the current epoch (int), from trainer.current_epoch",
+    "index": "dataset indices of the samples (N,), from the batch",
+}
+#: Context a loss receives once, before training, through a setter (kept in a buffer).
+SETUP_CONTEXT = {
+    "counts": "class counts (K,), from the datamodule's `class_counts`",
+}
+
+
+class Loss(nn.Module):
+    """Base class: validates, calls :meth:`per_sample`, applies weights and the reduction."""
+
+    input_kind: ClassVar[str] = "logits"
+    #: "index": class indices (N, *) or soft targets (N, K, *) where the loss allows them;
+    #: "multilabel": a {0, 1} target with the input's shape.
+    target_kind: ClassVar[str] = "index"
+    context: ClassVar[tuple[str, ...]] = ()
+    registered_name: ClassVar[str] = ""
+
+    def __init__(self, *, reduction: str = "mean", check_finite: bool = False) -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction)
+        self.check_finite = check_finite
+
+    def per_sample(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
+        """Per-sample loss values (N,) and the validity mask; subclasses implement this."""
+        raise NotImplementedError(f"{type(self).__name__} must implement per_sample")
+
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        sample_weight: Tensor | None = None,
+        **context: Any,
+    ) -> Tensor:
+        self._check_context(context)
+        return reduce_loss(self.per_sample(input, target, **context), self.reduction, sample_weight)
+
+    def _check_context(self, context: dict[str, Any]) -> None:
+        call_context = [c for c in self.context if c in CALL_CONTEXT]
+        unknown = [k for k in context if k not in call_context]
+        if unknown:
+            accepted = ", ".join(call_context) or "none"
+            raise TypeError(
+                f"{type(self).__name__} got unexpected context argument(s) {unknown}; "
+                f"it accepts: {accepted}."
+            )
+        missing = [c for c in call_context if c not in context]
+        if missing:
+            raise TypeError(
+                f"{type(self).__name__} needs the context argument(s) {missing} "
+                f"({'; '.join(CALL_CONTEXT[c] for c in missing)}). LossMixin fills them; "
+                "a direct call must pass them."
+            )
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class ClassCountsLoss(Loss):
+    """A loss that depends on the class counts ``n_c`` of the training set.
+
+    The counts are a persistent buffer, so they move with ``.to()`` and are saved in checkpoints.
+    Give them to the constructor, or leave them out and let :class:`~lightning_losses.LossMixin`
+    read ``class_counts`` from the datamodule before training starts.
+    """
+
+    context: ClassVar[tuple[str, ...]] = ("counts",)
+
+    def __init__(
+        self,
+        class_counts: Sequence[float] | Tensor | None = None,
+        *,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, check_finite=check_finite)
+        self.register_buffer("class_counts", torch.empty(0))
+        if class_counts is not None:
+            self.set_class_counts(class_counts)
+
+    @property
+    def has_class_counts(self) -> bool:
+        return self.class_counts.numel() > 0
+
+    def set_class_counts(self, class_counts: Sequence[float] | Tensor) -> None:
+        counts = check_class_counts(class_counts)
+        device = self.class_counts.device
+        self.class_counts = counts.to(device=device, dtype=torch.float32)
+        self.on_class_counts()
+
+    def on_class_counts(self) -> None:
+        """Hook for subclasses that derive buffers (margins, weights, log-priors) from counts."""
+
+    def require_counts(self, num_classes: int) -> Tensor:
+        if not self.has_class_counts:
+            raise ValueError(
+                f"{type(self).__name__} needs class counts: pass `class_counts=[...]`, or train "
+                "with LossMixin and a datamodule that has a `class_counts` attribute."
+            )
+        if self.class_counts.numel() != num_classes:
+            raise ValueError(
+                f"`class_counts` has {self.class_counts.numel()} entries but the input has "
+                f"{num_classes} classes."
+            )
+        return self.class_counts
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The counts buffer starts empty and takes its size from the data; accept the saved size.
+        key = prefix + "class_counts"
+        if key in state_dict and state_dict[key].shape != self.class_counts.shape:
+            self.set_class_counts(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
