@@ -84,20 +84,24 @@ def check_class_counts(counts: Tensor | Sequence[float], arg: str = "class_count
     """Class counts as a float tensor (K,): one entry per class, none negative, not all zero."""
     t = torch.as_tensor(counts, dtype=torch.float64).detach().cpu()
     if t.ndim != 1 or t.numel() < 1:
-        raise ValueError(f"`{arg}` must be a 1-D sequence with one count per class; got shape "
-                         f"{tuple(t.shape)}.")
+        raise ValueError(
+            f"`{arg}` must be a 1-D sequence with one count per class; got shape {tuple(t.shape)}."
+        )
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"`{arg}` must be finite; got {t.tolist()}.")
     if bool((t < 0).any()):
         neg = [i for i, v in enumerate(t.tolist()) if v < 0]
-        raise ValueError(f"`{arg}` must be non-negative; classes {neg} have negative counts "
-                         f"({t[neg].tolist()}).")
+        raise ValueError(
+            f"`{arg}` must be non-negative; classes {neg} have negative counts ({t[neg].tolist()})."
+        )
     if float(t.sum()) <= 0:
         raise ValueError(f"`{arg}` must count at least one sample; got all zeros.")
     return t
 
 
-def check_class_weight(weight: Tensor | Sequence[float] | None, arg: str = "weight") -> Tensor | None:
+def check_class_weight(
+    weight: Tensor | Sequence[float] | None, arg: str = "weight"
+) -> Tensor | None:
     if weight is None:
         return None
     t = torch.as_tensor(weight, dtype=torch.float32).detach().clone()

@@ -140,8 +140,5 @@ def per_sample_reduce(
     elem = element_loss.reshape(batch_size, -1)
     mask = valid.reshape(batch_size, -1)
     total = torch.where(mask, elem, torch.zeros_like(elem)).sum(1)
-    if how == "sum":
-        values = total
-    else:
-        values = total / mask.sum(1).clamp_min(1).to(total.dtype)
+    values = total if how == "sum" else total / mask.sum(1).clamp_min(1).to(total.dtype)
     return PerSample(values, mask.any(1))

@@ -19,7 +19,7 @@ from .._checks import check_class_weight, check_positive, check_range
 from .._reduce import PerSample
 from ..registry import register_loss
 from ._base import Loss
-from ._inputs import Categorical, prepare_binary, prepare_categorical, per_sample_reduce
+from ._inputs import Categorical, per_sample_reduce, prepare_binary, prepare_categorical
 
 
 class CategoricalLoss(Loss):
@@ -258,7 +258,9 @@ class BinaryFocalLoss(Loss):
         self.ignore_index = ignore_index
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        b = prepare_binary(input, target, ignore_index=self.ignore_index, check_nan=self.check_finite)
+        b = prepare_binary(
+            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+        )
         x, t = b.logits, b.target
         loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
         if self.gamma > 0:
@@ -266,3 +268,73 @@ class BinaryFocalLoss(Loss):
         if self.alpha is not None:
             loss = (self.alpha * t + (1 - self.alpha) * (1 - t)) * loss
         return per_sample_reduce(loss, b.valid, x.shape[0])
+
+
+def per_class_factor(weight: Tensor, input_shape: torch.Size, n: int) -> Tensor:
+    """Broadcast a per-class vector (K,) over the flattened (N, P) layout of a binary loss."""
+    if len(input_shape) < 2 or weight.numel() != input_shape[1]:
+        raise ValueError(
+            f"a per-class vector of {weight.numel()} entries needs input of shape (N, K, *d) with "
+            f"K = {weight.numel()}; got input of shape {tuple(input_shape)}."
+        )
+    view = weight.reshape(1, -1, *([1] * (len(input_shape) - 2)))
+    return view.expand(n, *input_shape[1:]).reshape(n, -1)
+
+
+@register_loss(
+    "binary_cross_entropy",
+    family="classification",
+    paper="Standard binary cross-entropy on logits (Bernoulli likelihood)",
+)
+class BinaryCrossEntropyLoss(Loss):
+    r"""Binary / multi-label cross-entropy on logits, with per-class and positive weights.
+
+    With :math:`p = \sigma(x)`, per-class weights :math:`w_k` and positive weights :math:`v_k`:
+
+    .. math::
+        \ell_{k} = -w_k \big[v_k\, t_k \log p_k + (1 - t_k) \log(1 - p_k)\big]
+
+    computed with ``logsigmoid`` (log space). The per-sample value is the mean over the
+    sample's non-ignored elements, so ``"mean"`` equals
+    ``torch.nn.functional.binary_cross_entropy_with_logits(..., reduction="mean")`` when nothing
+    is ignored.
+
+    Args:
+        weight: per-class weights :math:`w` (K,), applied along dim 1; None for all ones.
+        pos_weight: per-class positive weights :math:`v` (K,); None for all ones.
+        ignore_index: target elements equal to it are skipped.
+
+    Shape: input (N,), (N, K) or (N, K, *d); target of the same shape with values in [0, 1].
+    """
+
+    target_kind = "multilabel"
+
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        pos_weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, check_finite=check_finite)
+        self.ignore_index = ignore_index
+        w = check_class_weight(weight, "weight")
+        v = check_class_weight(pos_weight, "pos_weight")
+        self.register_buffer("weight", w if w is not None else torch.empty(0))
+        self.register_buffer("pos_weight", v if v is not None else torch.empty(0))
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        b = prepare_binary(
+            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+        )
+        x, t = b.logits, b.target
+        n = x.shape[0]
+        pos = -F.logsigmoid(x) * t
+        if self.pos_weight.numel():
+            pos = pos * per_class_factor(self.pos_weight.to(x.dtype), input.shape, n)
+        loss = pos - F.logsigmoid(-x) * (1 - t)
+        if self.weight.numel():
+            loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, n)
+        return per_sample_reduce(loss, b.valid, n)
