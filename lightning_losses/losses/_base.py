@@ -38,6 +38,10 @@ class Loss(nn.Module):
     #: "multilabel": a {0, 1} target with the input's shape.
     target_kind: ClassVar[str] = "index"
     context: ClassVar[tuple[str, ...]] = ()
+    #: True when a per-sample value includes a batch-level statistic (MDCA, DCA): it is then
+    #: broadcast so that the mean over samples equals the batch objective, and a sample's value
+    #: depends on the rest of the batch.
+    batch_statistic: ClassVar[bool] = False
     registered_name: ClassVar[str] = ""
 
     def __init__(self, *, reduction: str = "mean", check_finite: bool = False) -> None:

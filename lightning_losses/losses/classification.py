@@ -9,6 +9,7 @@ output under ``reduction="none"``. Everything is computed from ``log_softmax`` (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -236,6 +237,8 @@ class BinaryFocalLoss(Loss):
     Args:
         gamma: :math:`\gamma \ge 0`; 2 (paper).
         alpha: :math:`\alpha \in [0, 1]` for positives, 0.25 (paper); None disables it.
+        weight: per-class weights :math:`w` (K,) multiplying each element's loss along dim 1;
+            None for all ones.
         ignore_index: target elements equal to it are skipped.
 
     Shape: input (N,), (N, K) or (N, K, *d); target of the same shape, values in [0, 1].
@@ -248,6 +251,7 @@ class BinaryFocalLoss(Loss):
         gamma: float = 2.0,
         alpha: float | None = 0.25,
         *,
+        weight: Sequence[float] | Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
         check_finite: bool = False,
@@ -256,6 +260,8 @@ class BinaryFocalLoss(Loss):
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
         self.alpha = None if alpha is None else check_range(alpha, "alpha", 0.0, 1.0)
         self.ignore_index = ignore_index
+        w = check_class_weight(weight, "weight")
+        self.register_buffer("weight", w if w is not None else torch.empty(0))
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         b = prepare_binary(
@@ -267,6 +273,8 @@ class BinaryFocalLoss(Loss):
             loss = torch.exp(self.gamma * F.logsigmoid(-x * (2 * t - 1))) * loss
         if self.alpha is not None:
             loss = (self.alpha * t + (1 - self.alpha) * (1 - t)) * loss
+        if self.weight.numel():
+            loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, x.shape[0])
         return per_sample_reduce(loss, b.valid, x.shape[0])
 
 
@@ -335,6 +343,803 @@ class BinaryCrossEntropyLoss(Loss):
         if self.pos_weight.numel():
             pos = pos * per_class_factor(self.pos_weight.to(x.dtype), input.shape, n)
         loss = pos - F.logsigmoid(-x) * (1 - t)
+        if self.weight.numel():
+            loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, n)
+        return per_sample_reduce(loss, b.valid, n)
+
+
+def _real(value: float, arg: str) -> float:
+    """``value`` must be a finite real number (not a bool); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{arg}` must be a real number; got {type(value).__name__} {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{arg}` must be finite; got {value!r}.")
+    return float(value)
+
+
+def _require_classes(c: Categorical, minimum: int = 2) -> int:
+    k = c.logits.shape[1]
+    if k < minimum:
+        raise ValueError(f"`input` must have at least {minimum} classes; got {k}.")
+    return k
+
+
+#: Largest exponent an exponential-growth loss evaluates exactly (e^40 ~ 2.4e17). Beyond it the
+#: exponential is continued by its tangent line, so values and gradients stay finite in float32
+#: and bfloat16 while the loss keeps growing (and its gradient keeps pushing) past the cap.
+_EXP_CAP = 40.0
+
+
+def exp_cap(dtype: torch.dtype) -> float:
+    """The exponent cap for inputs of ``dtype``: 40, or less where ``dtype`` cannot hold e^40.
+
+    For float16 inputs the cap is ``log(65504) - 2 ~ 9.1`` so that gradients flowing back into
+    the float16 logits stay finite.
+    """
+    return min(_EXP_CAP, math.log(torch.finfo(dtype).max) - 2.0)
+
+
+def capped_expm1(x: Tensor, cap: float) -> Tensor:
+    """``expm1(x)`` for ``x <= cap``, continued linearly (value and slope match) above ``cap``."""
+    inside = torch.expm1(x.clamp(max=cap))
+    outside = math.expm1(cap) + math.exp(cap) * (x - cap)
+    return torch.where(x <= cap, inside, outside)
+
+
+def _target_log_prob(c: Categorical) -> tuple[Tensor, Tensor]:
+    """``log_softmax`` (M, K) and ``log p_y`` (M,) of the index target."""
+    logp = F.log_softmax(c.logits, dim=1)
+    return logp, logp.gather(1, c.target[:, None]).squeeze(1)
+
+
+def _one_minus_p_target(c: Categorical) -> Tensor:
+    """``1 - p_y`` as ``exp(log(1 - p_y))``: accurate (relative precision) where p_y -> 1."""
+    return torch.exp(log_one_minus_p_target(c.logits, c.target))
+
+
+@register_loss(
+    "poly1",
+    family="classification",
+    paper="Leng et al., PolyLoss: A Polynomial Expansion Perspective of Classification Loss "
+    "Functions, ICLR 2022",
+)
+class Poly1Loss(CategoricalLoss):
+    r"""Poly-1 loss: cross-entropy plus a tunable first polynomial term in :math:`(1 - p_t)`.
+
+    Cross-entropy expands as :math:`-\log p_t = \sum_{j\ge1} (1-p_t)^j / j`; Poly-1 perturbs the
+    leading coefficient by :math:`\varepsilon`:
+
+    .. math::
+        \ell = w_y \big[-\log p_t + \varepsilon\,(1 - p_t)\big]
+
+    For index targets :math:`p_t = p_y` and :math:`1 - p_y` is computed as
+    :math:`\exp(\mathrm{logsumexp}_{k\ne y} z_k - \mathrm{logsumexp}_k z_k)` (accurate where
+    :math:`p_y \to 1`). For soft targets :math:`q` (label smoothing, mixup) the paper's reference
+    form is used: :math:`-\sum_k q_k \log p_k + \varepsilon (1 - \sum_k q_k p_k)`. The class weight
+    :math:`w_y` (or :math:`\sum_k w_k q_k`) multiplies both terms. :math:`\varepsilon = 0` gives
+    cross-entropy.
+
+    Args:
+        epsilon: :math:`\varepsilon \ge -1` (so the loss stays non-negative and monotone in
+            :math:`p_t`); 1.0 by default, a moderate positive perturbation. The paper tunes it
+            per task (2 for ImageNet classification, timm's default; negative for detection).
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Shape: input (N, K) or (N, K, *d); target (N,) / (N, *d) indices, or soft (N, K, *d).
+
+    Example:
+        >>> loss = build_loss("poly1", epsilon=2.0)  # doctest: +SKIP
+    """
+
+    allow_soft_target = True
+
+    def __init__(
+        self,
+        epsilon: float = 1.0,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.epsilon = _real(epsilon, "epsilon")
+        if self.epsilon < -1:
+            raise ValueError(f"`epsilon` must be >= -1; got {epsilon!r}.")
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        if c.soft is not None:
+            logp = F.log_softmax(c.logits, dim=1)
+            ce = -(c.soft * logp).sum(1)
+            return ce + self.epsilon * (1 - (c.soft * logp.exp()).sum(1))
+        _, logp_t = _target_log_prob(c)
+        return -logp_t + self.epsilon * _one_minus_p_target(c)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}, " + super().extra_repr()
+
+
+@register_loss(
+    "poly1_focal",
+    family="classification",
+    paper="Leng et al., PolyLoss: A Polynomial Expansion Perspective of Classification Loss "
+    "Functions, ICLR 2022",
+)
+class Poly1FocalLoss(FocalLoss):
+    r"""Poly-1 focal loss: the softmax focal loss plus :math:`\varepsilon (1-p_t)^{\gamma+1}`.
+
+    .. math::
+        \ell = w_y\big[-\alpha_y (1 - p_y)^{\gamma} \log p_y
+                       + \varepsilon\,(1 - p_y)^{\gamma+1}\big]
+
+    :math:`(1-p_y)^{\gamma+1} = \exp((\gamma+1)\log(1-p_y))` in log space, as in
+    :class:`FocalLoss`. As in the paper's reference code, :math:`\alpha` scales the focal term
+    only. :math:`\varepsilon = 0` gives :class:`FocalLoss`.
+
+    Args:
+        gamma: :math:`\gamma \ge 0`; 2 (focal loss default).
+        epsilon: :math:`\varepsilon \ge -1`; 1.0, as for :class:`Poly1Loss` (the paper tunes it;
+            negative values did better for detection).
+        alpha, weight, ignore_index: as in :class:`FocalLoss`.
+
+    Example:
+        >>> loss = build_loss("poly1_focal", gamma=2.0, epsilon=1.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        epsilon: float = 1.0,
+        alpha: float | Sequence[float] | None = None,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            gamma=_real(gamma, "gamma"),
+            alpha=alpha,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            check_finite=check_finite,
+        )
+        self.epsilon = _real(epsilon, "epsilon")
+        if self.epsilon < -1:
+            raise ValueError(f"`epsilon` must be >= -1; got {epsilon!r}.")
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        focal = super().element_loss(c)
+        poly = torch.exp((self.gamma + 1) * log_one_minus_p_target(c.logits, c.target))
+        return focal + self.epsilon * poly
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, epsilon={self.epsilon}, " + super().extra_repr()
+
+
+@register_loss(
+    "squentropy",
+    family="classification",
+    paper="Hui, Belkin and Wright, Cut your Losses with Squentropy, ICML 2023",
+)
+class SquentropyLoss(CategoricalLoss):
+    r"""Squentropy: cross-entropy plus the mean squared logit of the incorrect classes.
+
+    .. math::
+        \ell = w_y\Big[-\log p_y + \frac{1}{K-1} \sum_{j \ne y} z_j^2\Big]
+
+    The second term pulls the non-target logits towards 0, which the paper reports improves
+    calibration (ECE) over cross-entropy. It has no hyperparameter; it needs :math:`K \ge 2`.
+
+    Args:
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("squentropy")  # doctest: +SKIP
+    """
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        k = _require_classes(c)
+        _, logp_t = _target_log_prob(c)
+        sq = c.logits.square()
+        others = sq.sum(1) - sq.gather(1, c.target[:, None]).squeeze(1)
+        return -logp_t + others / (k - 1)
+
+
+@register_loss(
+    "comp_sum",
+    family="classification",
+    paper="Mao, Mohri and Zhong, Cross-Entropy Loss Functions: Theoretical Analysis and "
+    "Applications, ICML 2023",
+)
+class CompSumLoss(CategoricalLoss):
+    r"""Comp-sum losses: one :math:`\tau`-family covering sum-exponential, CE, GCE and MAE.
+
+    With :math:`u = \sum_{k\ne y} e^{z_k - z_y} = 1/p_y - 1`:
+
+    .. math::
+        \Phi_\tau(u) = \frac{(1+u)^{1-\tau} - 1}{1-\tau}
+                     = \frac{1 - p_y^{\tau-1}}{\tau - 1},\qquad \ell = w_y\,\Phi_\tau
+
+    evaluated from :math:`s = -\log p_y` as :math:`\mathrm{expm1}((1-\tau)s)/(1-\tau)`, which is
+    exact and accurate near :math:`\tau = 1`, where it tends to cross-entropy (:math:`\tau = 1`
+    is computed as :math:`-\log p_y` exactly). :math:`\tau = 0`: sum-exponential
+    (:math:`1/p_y - 1`); :math:`\tau = 1 + q \in (1, 2]`: generalized cross-entropy with
+    parameter :math:`q`; :math:`\tau = 2`: :math:`1 - p_y` (MAE up to a factor 2).
+
+    For :math:`\tau < 1` the loss grows like :math:`p_y^{-(1-\tau)}`; once the exponent
+    :math:`(1-\tau)s` exceeds 40 (9.1 for float16 inputs) it is continued by its tangent line so
+    that values and gradients stay finite at saturated logits (the loss is then above
+    :math:`2\cdot10^{17}/(1-\tau)`, far outside any useful training regime).
+
+    Args:
+        tau: :math:`\tau \ge 0`; 1.0 by default (cross-entropy, the member the paper's analysis
+            singles out as the common baseline).
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("comp_sum", tau=0.5)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tau: float = 1.0,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.tau = check_positive(_real(tau, "tau"), "tau", allow_zero=True)
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        c = prepare_categorical(
+            input,
+            target,
+            ignore_index=self.ignore_index,
+            allow_soft=self.allow_soft_target,
+            check_nan=self.check_finite,
+        )
+        loss = self._phi(c, exp_cap(input.dtype))
+        w = self.class_weight(c)
+        if w is not None:
+            loss = loss * w
+        return per_sample_reduce(loss, c.valid, c.batch_size)
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        return self._phi(c, exp_cap(c.logits.dtype))
+
+    def _phi(self, c: Categorical, cap: float) -> Tensor:
+        _require_classes(c)
+        _, logp_t = _target_log_prob(c)
+        s = -logp_t
+        a = 1.0 - self.tau
+        if a == 0:
+            return s
+        if a < 0:
+            return torch.expm1(a * s) / a
+        return capped_expm1(a * s, cap) / a
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, " + super().extra_repr()
+
+
+@register_loss(
+    "sum_exp",
+    family="classification",
+    paper="Mao, Mohri and Zhong, Cross-Entropy Loss Functions: Theoretical Analysis and "
+    "Applications, ICML 2023",
+)
+class SumExpLoss(CompSumLoss):
+    r"""Sum-exponential loss: the comp-sum loss with :math:`\tau = 0`.
+
+    .. math::
+        \ell = w_y \sum_{k \ne y} e^{z_k - z_y} = w_y\,(1/p_y - 1)
+
+    Exponential in the margin (continued linearly beyond an exponent of 40, see
+    :class:`CompSumLoss`). Args as in :class:`CompSumLoss`, without ``tau``.
+
+    Example:
+        >>> loss = build_loss("sum_exp")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            0.0,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            check_finite=check_finite,
+        )
+
+
+@register_loss(
+    "gce",
+    family="classification",
+    paper="Zhang and Sabuncu, Generalized Cross Entropy Loss for Training Deep Neural Networks "
+    "with Noisy Labels, NeurIPS 2018",
+)
+class GCELoss(CompSumLoss):
+    r"""Generalized cross-entropy (:math:`L_q` loss): the comp-sum loss with :math:`\tau = 1 + q`.
+
+    .. math::
+        \ell = w_y\,\frac{1 - p_y^{\,q}}{q}
+
+    Interpolates between cross-entropy (:math:`q \to 0`) and :math:`1 - p_y` (:math:`q = 1`,
+    MAE up to a factor 2); larger :math:`q` is more robust to label noise but fits more slowly.
+
+    Args:
+        q: :math:`q \in (0, 1]`; 0.7, the value the paper uses in its main experiments.
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("gce", q=0.7)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        q: float = 0.7,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        q = check_range(_real(q, "q"), "q", 0.0, 1.0, closed="right")
+        super().__init__(
+            1.0 + q,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            check_finite=check_finite,
+        )
+        self.q = q
+
+    def extra_repr(self) -> str:
+        return f"q={self.q}, reduction={self.reduction!r}"
+
+
+@register_loss(
+    "mae",
+    family="classification",
+    paper="Ghosh, Kumar and Sastry, Robust Loss Functions under Label Noise for Deep Neural "
+    "Networks, AAAI 2017 (as the tau = 2 comp-sum loss of Mao, Mohri and Zhong, ICML 2023)",
+)
+class MAELoss(CompSumLoss):
+    r"""Mean absolute error on the softmax: the comp-sum loss with :math:`\tau = 2`.
+
+    .. math::
+        \ell = w_y\,(1 - p_y)
+
+    This is half of :math:`\lVert e_y - p \rVert_1` as written by Ghosh et al.; the constant
+    factor is dropped so that it equals ``gce(q=1)`` and ``comp_sum(tau=2)``. Bounded and
+    symmetric, hence robust to label noise, but slow to fit. :math:`1 - p_y` is computed as
+    :math:`-\mathrm{expm1}(\log p_y)`.
+
+    Example:
+        >>> loss = build_loss("mae")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            2.0,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            check_finite=check_finite,
+        )
+
+
+def _check_rce_a(A: float) -> float:
+    value = _real(A, "A")
+    if value >= 0:
+        raise ValueError(
+            f"`A` (the value of log 0 in the reverse cross-entropy) must be < 0; got {A!r}."
+        )
+    return value
+
+
+@register_loss(
+    "rce",
+    family="classification",
+    paper="Wang et al., Symmetric Cross Entropy for Robust Learning with Noisy Labels, ICCV 2019",
+)
+class ReverseCrossEntropyLoss(CategoricalLoss):
+    r"""Reverse cross-entropy: the cross-entropy with prediction and label swapped.
+
+    :math:`-\sum_k p_k \log q_k` for a one-hot label :math:`q`, with :math:`\log 0 := A`:
+
+    .. math::
+        \ell = w_y\,\big[-A\,(1 - p_y)\big]
+
+    A bounded, noise-tolerant (symmetric) loss; on its own it fits slowly, so it is usually
+    paired with an active loss (``sce``, ``nce_rce``).
+
+    Args:
+        A: the value given to :math:`\log 0`, :math:`A < 0`; -4 as in the SCE paper. (Much
+            copied reference code clamps the one-hot label at 1e-4, i.e. :math:`A \approx -9.21`.)
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("rce", A=-4.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        A: float = -4.0,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.A = _check_rce_a(A)
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        return -self.A * _one_minus_p_target(c)
+
+    def extra_repr(self) -> str:
+        return f"A={self.A}, " + super().extra_repr()
+
+
+@register_loss(
+    "sce",
+    family="classification",
+    paper="Wang et al., Symmetric Cross Entropy for Robust Learning with Noisy Labels, ICCV 2019",
+)
+class SymmetricCrossEntropyLoss(CategoricalLoss):
+    r"""Symmetric cross-entropy: :math:`\alpha\,\mathrm{CE} + \beta\,\mathrm{RCE}`.
+
+    .. math::
+        \ell = w_y\,\big[-\alpha \log p_y - \beta A\,(1 - p_y)\big]
+
+    Cross-entropy fits the clean labels; the reverse term (:class:`ReverseCrossEntropyLoss`) adds
+    noise tolerance.
+
+    Args:
+        alpha: weight of CE, :math:`\ge 0`; 0.1 (the paper's CIFAR-10 setting; it used 6.0 for
+            CIFAR-100).
+        beta: weight of RCE, :math:`\ge 0`; 1.0 (CIFAR-10; 0.1 for CIFAR-100).
+        A: :math:`\log 0`, :math:`< 0`; -4 (paper).
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("sce", alpha=0.1, beta=1.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.1,
+        beta: float = 1.0,
+        A: float = -4.0,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.alpha = check_positive(_real(alpha, "alpha"), "alpha", allow_zero=True)
+        self.beta = check_positive(_real(beta, "beta"), "beta", allow_zero=True)
+        self.A = _check_rce_a(A)
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        _, logp_t = _target_log_prob(c)
+        return -self.alpha * logp_t - self.beta * self.A * _one_minus_p_target(c)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, A={self.A}, " + super().extra_repr()
+
+
+def _normalized_ce(c: Categorical) -> Tensor:
+    logp = F.log_softmax(c.logits, dim=1)
+    denom = -logp.sum(1)
+    if c.soft is not None:
+        return -(c.soft * logp).sum(1) / denom
+    return -logp.gather(1, c.target[:, None]).squeeze(1) / denom
+
+
+@register_loss(
+    "nce",
+    family="classification",
+    paper="Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, ICML 2020",
+)
+class NormalizedCrossEntropyLoss(CategoricalLoss):
+    r"""Normalized cross-entropy: CE divided by the sum of the CE over every possible label.
+
+    .. math::
+        \ell = w_y\,\frac{-\log p_y}{-\sum_{k=1}^K \log p_k}\in(0, 1]
+
+    For soft targets the numerator is :math:`-\sum_k q_k \log p_k`. Normalization makes the loss
+    robust to symmetric label noise but underfits on its own; see ``nce_rce``. Needs
+    :math:`K \ge 2`.
+
+    Args:
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("nce")  # doctest: +SKIP
+    """
+
+    allow_soft_target = True
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        return _normalized_ce(c)
+
+
+@register_loss(
+    "nce_rce",
+    family="classification",
+    paper="Ma et al., Normalized Loss Functions for Deep Learning with Noisy Labels, ICML 2020",
+)
+class NCERCELoss(CategoricalLoss):
+    r"""Active-passive loss NCE+RCE: :math:`\alpha\,\mathrm{NCE} + \beta\,\mathrm{RCE}`.
+
+    .. math::
+        \ell = w_y\Big[\alpha\,\frac{-\log p_y}{-\sum_k \log p_k} - \beta A\,(1 - p_y)\Big]
+
+    The normalized (active) term and the reverse (passive) term are both noise-robust; together
+    they fit well, unlike either alone.
+
+    Args:
+        alpha: weight of NCE, :math:`\ge 0`; 1.0 (the paper's CIFAR-10 setting).
+        beta: weight of RCE, :math:`\ge 0`; 1.0 (CIFAR-10; the paper used
+            :math:`\alpha = 10, \beta = 0.1` for CIFAR-100).
+        A: :math:`\log 0` in RCE, :math:`< 0`; -4 as in the SCE paper (the authors' code clamps at
+            1e-4, :math:`A \approx -9.21`).
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("nce_rce", alpha=1.0, beta=1.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        A: float = -4.0,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.alpha = check_positive(_real(alpha, "alpha"), "alpha", allow_zero=True)
+        self.beta = check_positive(_real(beta, "beta"), "beta", allow_zero=True)
+        self.A = _check_rce_a(A)
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        _require_classes(c)
+        return self.alpha * _normalized_ce(c) - self.beta * self.A * _one_minus_p_target(c)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, A={self.A}, " + super().extra_repr()
+
+
+@register_loss(
+    "spherical_z",
+    family="classification",
+    paper="de Brébisson and Vincent, The Z-loss: a shift and scale invariant classification loss "
+    "belonging to the Spherical Family, arXiv 2016",
+)
+class SphericalZLoss(CategoricalLoss):
+    r"""Z-loss of the spherical family: a softplus on the standardized target logit.
+
+    Each sample's logits :math:`o` are standardized with the population statistics used in the
+    paper, :math:`\mu = \frac1K\sum_k o_k`, :math:`\sigma^2 = \frac1K\sum_k (o_k-\mu)^2`,
+    :math:`z = (o - \mu)/\max(\sigma, \epsilon)`, and
+
+    .. math::
+        \ell = \frac{w_y}{a}\,\mathrm{softplus}\big(a\,(b - z_y)\big)
+
+    The loss is invariant to shifting and (positively) scaling the logits. :math:`z_y` lies in
+    :math:`[-\sqrt{K-1}, \sqrt{K-1}]`, so :math:`b` sets the standardized score beyond which the
+    loss saturates and :math:`a` how sharply (large :math:`a`: a hinge at :math:`b`). Not to be
+    confused with the logit z-loss regulariser of PaLM (:class:`LogitZRegularizer`).
+
+    Args:
+        a: sharpness, :math:`a > 0`; 1.0.
+        b: target standardized score; 3.0. The paper tunes :math:`a, b` per task and publishes
+            no defaults; :math:`a = 1` is the plain softplus and :math:`b = 3` asks the target to
+            sit three standard deviations above the mean logit, which for :math:`K = 10` is the
+            largest reachable value (:math:`\sqrt{K-1}`) and for large :math:`K` roughly a top-1
+            requirement. Tune both for your task (e.g. smaller :math:`b` for top-k metrics).
+        eps: floor on :math:`\sigma` for constant logits (where :math:`z` is undefined); 1e-6.
+        weight, ignore_index: as in :class:`CrossEntropyLoss`.
+
+    Example:
+        >>> loss = build_loss("spherical_z", a=1.0, b=3.0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        a: float = 1.0,
+        b: float = 3.0,
+        eps: float = 1e-6,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+        self.a = check_positive(_real(a, "a"), "a")
+        self.b = _real(b, "b")
+        self.eps = check_positive(_real(eps, "eps"), "eps")
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        k = _require_classes(c)
+        centered = c.logits - c.logits.mean(1, keepdim=True)
+        sigma = torch.linalg.vector_norm(centered, dim=1) / math.sqrt(k)
+        z_t = centered.gather(1, c.target[:, None]).squeeze(1) / sigma.clamp_min(self.eps)
+        return F.softplus(self.a * (self.b - z_t)) / self.a
+
+    def extra_repr(self) -> str:
+        return f"a={self.a}, b={self.b}, eps={self.eps}, " + super().extra_repr()
+
+
+@register_loss(
+    "logit_z_regularizer",
+    family="classification",
+    paper="Chowdhery et al., PaLM: Scaling Language Modeling with Pathways, JMLR 2023 (arXiv 2022)",
+)
+class LogitZRegularizer(CategoricalLoss):
+    r"""Logit z-loss regulariser: keeps the softmax normaliser :math:`\log Z` near 0.
+
+    .. math::
+        \ell = \kappa\,\big(\mathrm{logsumexp}_k\, z_k\big)^2
+
+    A term on its own: the target is only used for its shape and ``ignore_index`` (ignored
+    elements do not count), never for its values, and soft targets are accepted. PaLM adds it to
+    cross-entropy; do so by listing both losses in :class:`~lightning_losses.LossMixin` (which
+    sums its terms) or by adding the two values yourself.
+
+    Args:
+        kappa: :math:`\kappa \ge 0`; 1e-4 (PaLM).
+        ignore_index: index targets equal to it are skipped.
+
+    Example:
+        >>> loss = build_loss("logit_z_regularizer", kappa=1e-4)  # doctest: +SKIP
+    """
+
+    allow_soft_target = True
+
+    def __init__(
+        self,
+        kappa: float = 1e-4,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(ignore_index=ignore_index, reduction=reduction, check_finite=check_finite)
+        self.kappa = check_positive(_real(kappa, "kappa"), "kappa", allow_zero=True)
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        return self.kappa * torch.logsumexp(c.logits, dim=1).square()
+
+    def extra_repr(self) -> str:
+        return f"kappa={self.kappa}, " + super().extra_repr()
+
+
+#: Above this logit, log(1 - eta(z)) = -z - e^{-z}/2 + ... is taken as -z (error < 3e-18).
+_GUMBEL_HIGH = 40.0
+
+
+def gumbel_log_cdf_terms(x: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    r"""``(-log eta(x), -log(1 - eta(x)))`` for the Gumbel activation ``eta(x) = exp(-exp(-x))``.
+
+    ``-log eta = e^{-x}``, continued linearly below ``x = -cap`` (see :func:`capped_expm1`).
+    ``-log(1 - eta) = -log(1 - e^{-u})`` with ``u = e^{-x}``, as ``log(-expm1(-u))`` for
+    ``u < log 2`` and ``log1p(-exp(-u))`` otherwise; ``x`` is clamped to ``[-cap, 40]`` there,
+    outside which the term is ``0`` (to float precision) below and ``x`` above.
+    """
+    pos = capped_expm1(-x, cap) + 1.0
+    xc = x.clamp(-cap, _GUMBEL_HIGH)
+    u = torch.exp(-xc)
+    small = u < math.log(2.0)
+    u_small = torch.where(small, u, math.log(2.0))
+    u_large = torch.where(small, math.log(2.0), u)
+    log_1m = torch.where(
+        small, torch.log(-torch.expm1(-u_small)), torch.log1p(-torch.exp(-u_large))
+    )
+    neg = -torch.where(x > _GUMBEL_HIGH, -x, log_1m)
+    return pos, neg
+
+
+@register_loss(
+    "gumbel",
+    family="classification",
+    paper="Alexandridis et al., Long-tailed Instance Segmentation using Gumbel Optimized Loss, "
+    "ECCV 2022",
+)
+class GumbelLoss(Loss):
+    r"""Gumbel optimized loss: binary cross-entropy with the Gumbel activation for sigmoid heads.
+
+    With :math:`\eta(z) = \exp(-e^{-z})` (the Gumbel CDF) in place of the sigmoid:
+
+    .. math::
+        \ell_k = w_k\big[-t_k \log \eta(z_k) - (1 - t_k) \log(1 - \eta(z_k))\big],\quad
+        -\log\eta = e^{-z},\ \log(1-\eta) = \log(-\mathrm{expm1}(-e^{-z}))
+
+    The asymmetric activation suits rare classes in long-tailed detection. The per-sample value
+    is the mean over the sample's non-ignored elements (as in :class:`BinaryCrossEntropyLoss`).
+
+    Saturation: :math:`e^{-z}` overflows float32 below :math:`z \approx -88`, so the positive term
+    is continued by its tangent line below :math:`z = -40` (-9.1 for float16 inputs); the negative
+    term is exactly :math:`z` (to float precision) above :math:`z = 40`, where
+    :math:`\log(-\mathrm{expm1}(\cdot))` would otherwise have an infinite gradient, and 0 below
+    :math:`z = -40`. Values and gradients are finite for all finite logits. (The authors' code
+    instead clamps :math:`z` to :math:`[-4, 10]`, which zeroes the gradient outside.)
+
+    Args:
+        weight: per-class weights :math:`w` (K,), applied along dim 1; None for all ones.
+        ignore_index: target elements equal to it are skipped.
+
+    Shape: input (N,), (N, K) or (N, K, *d); target of the same shape with values in [0, 1].
+
+    Example:
+        >>> loss = build_loss("gumbel")  # doctest: +SKIP
+    """
+
+    target_kind = "multilabel"
+
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, check_finite=check_finite)
+        self.ignore_index = ignore_index
+        w = check_class_weight(weight, "weight")
+        self.register_buffer("weight", w if w is not None else torch.empty(0))
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        b = prepare_binary(
+            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+        )
+        x, t = b.logits, b.target
+        n = x.shape[0]
+        pos, neg = gumbel_log_cdf_terms(x, exp_cap(input.dtype))
+        loss = t * pos + (1 - t) * neg
         if self.weight.numel():
             loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, n)
         return per_sample_reduce(loss, b.valid, n)

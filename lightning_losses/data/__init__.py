@@ -1,0 +1,29 @@
+"""Data for the recipes: embedded datasets, real folder loaders, long-tail subsets, datamodules."""
+
+from .datamodule import ClassificationDataModule
+from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
+from .image_folder import (
+    IMG_EXTENSIONS,
+    ImageFolderDataset,
+    channel_stats,
+    folder_classes,
+    list_images,
+    load_image,
+)
+from .long_tail import long_tail_counts, long_tail_indices, stratified_split
+
+__all__ = [
+    "DIGITS_CLASSES",
+    "IMG_EXTENSIONS",
+    "ClassificationDataModule",
+    "DigitsDataset",
+    "ImageFolderDataset",
+    "channel_stats",
+    "digits_labels",
+    "folder_classes",
+    "list_images",
+    "load_image",
+    "long_tail_counts",
+    "long_tail_indices",
+    "stratified_split",
+]

@@ -1,0 +1,245 @@
+"""``ClassificationDataModule``: embedded digits by default, an image-folder tree with one flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .digits import DIGITS_CLASSES, DigitsDataset, check_image_options, digits_labels
+from .image_folder import (
+    ImageFolderDataset,
+    Sample,
+    channel_stats,
+    folder_classes,
+    list_images,
+)
+from .long_tail import check_imbalance_factor, long_tail_indices, stratified_split
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which samples go to which split; labels only, no image read."""
+
+    train: list[Any]  # digit positions, or (path, label) samples
+    val: list[Any]
+    test: list[Any]
+    train_labels: np.ndarray
+    test_is_val: bool
+
+
+def _check_fraction(value: float, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ValueError(f"`{arg}` must be a number in (0, 1); got {value!r}.")
+    return float(value)
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Image classification data: the digits or a folder of images, optionally long-tailed.
+
+    With ``data_dir=None`` the data is scikit-learn's 1,797 digits (10 classes, shipped with
+    the package, no download), split per class with ``seed`` into test
+    (``test_fraction`` of the whole set), validation (``val_fraction`` of the whole set) and
+    training (the rest). With ``data_dir`` it is an image-folder tree::
+
+        data_dir/train/<class>/*.png     required
+        data_dir/val/<class>/...         optional: else carved from train (``val_fraction``)
+        data_dir/test/<class>/...        optional: else the validation split is reused (warned)
+
+    ``test_fraction`` applies to the digits only. ``imbalance_factor > 1`` subsamples the
+    training split to the exponential long-tail profile of
+    :func:`~lightning_losses.data.long_tail_indices`; validation and test stay as they are.
+    Images are normalised with per-channel statistics of the (long-tailed) training split.
+
+    Attributes available right after construction (cheap: no image is read), which the recipe's
+    ``LightningCLI`` links into the model:
+        num_classes, in_chans, class_names.
+
+    Available at any time (the split is planned from labels on first use):
+        class_counts: float tensor (num_classes,), the number of training samples per class
+        after long-tailing. Class-count-aware losses (LDAM, balanced softmax, logit adjustment,
+        class-balanced weights) read it.
+
+    Set by :meth:`setup` (any stage builds all three):
+        train_dataset, val_dataset, test_dataset.
+
+    Args:
+        data_dir: root of an image-folder tree, or ``None`` for the embedded digits.
+        image_size: side of the square images fed to the model, >= 8; default 32.
+        in_chans: 1 (grey) or 3 (RGB; the digits' grey channel is repeated).
+        batch_size: samples per batch, >= 1.
+        num_workers: ``DataLoader`` worker processes; workers persist across epochs when > 0.
+        val_fraction: share of the data (digits) or of ``train/`` (folder without ``val/``)
+            used for validation, in (0, 1).
+        test_fraction: share of the digits used for test, in (0, 1);
+            ``val_fraction + test_fraction < 1``.
+        imbalance_factor: n_max / n_min of the training split, >= 1 (1 keeps it as is).
+        seed: drives the splits, the long-tail subset and the training shuffle order.
+
+    Example:
+        >>> dm = ClassificationDataModule(imbalance_factor=10)
+        >>> dm.num_classes, dm.class_counts[0] / dm.class_counts[-1] >= 10
+        (10, tensor(True))
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        image_size: int = 32,
+        in_chans: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        imbalance_factor: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_image_options(image_size, in_chans)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"`num_workers` must be an integer >= 0; got {num_workers!r}.")
+        val_fraction = _check_fraction(val_fraction, "val_fraction")
+        test_fraction = _check_fraction(test_fraction, "test_fraction")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(
+                "`val_fraction` + `test_fraction` must be < 1 so that training data remains; "
+                f"got {val_fraction} + {test_fraction}."
+            )
+        imbalance_factor = check_imbalance_factor(imbalance_factor)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an integer; got {seed!r}.")
+        self.save_hyperparameters()
+
+        self.data_dir: Path | None = None if data_dir is None else Path(data_dir)
+        self.image_size = image_size
+        self.in_chans: int = in_chans
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.imbalance_factor = imbalance_factor
+        self.seed = seed
+
+        self.class_names: list[str] = (
+            list(DIGITS_CLASSES) if self.data_dir is None else folder_classes(self.data_dir)
+        )
+        self.num_classes: int = len(self.class_names)
+        self.train_dataset: Dataset[tuple[Tensor, int]] | None = None
+        self.val_dataset: Dataset[tuple[Tensor, int]] | None = None
+        self.test_dataset: Dataset[tuple[Tensor, int]] | None = None
+        self._plan_cache: _Plan | None = None
+
+    # ----------------------------------------------------------------------------- planning
+
+    @property
+    def _plan(self) -> _Plan:
+        if self._plan_cache is None:
+            plan = (
+                self._plan_digits() if self.data_dir is None else self._plan_folder(self.data_dir)
+            )
+            self._plan_cache = plan
+        return self._plan_cache
+
+    def _plan_digits(self) -> _Plan:
+        labels = digits_labels()
+        train, test, val = stratified_split(
+            labels, [self.test_fraction, self.val_fraction], seed=self.seed
+        )
+        kept = long_tail_indices(labels[train], self.imbalance_factor, seed=self.seed)
+        train = [train[i] for i in kept]
+        return _Plan(train, val, test, labels[train], test_is_val=False)
+
+    def _plan_folder(self, root: Path) -> _Plan:
+        classes = self.class_names
+        train: list[Sample] = list_images(root / "train", classes)
+        if (root / "val").is_dir():
+            val = list_images(root / "val", classes)
+        else:
+            labels = np.array([y for _, y in train], dtype=np.int64)
+            rest, carved = stratified_split(labels, [self.val_fraction], seed=self.seed)
+            if not carved:
+                raise ValueError(
+                    f"No 'val' folder in {str(root)!r}, and val_fraction={self.val_fraction} of "
+                    f"{len(train)} training images rounds to no image per class; add a 'val' "
+                    "folder or raise `val_fraction`."
+                )
+            val, train = [train[i] for i in carved], [train[i] for i in rest]
+        test_is_val = not (root / "test").is_dir()
+        if test_is_val:
+            rank_zero_warn(
+                f"No 'test' folder in {str(root)!r}: the test split is the validation split, "
+                "so test metrics are not an independent estimate."
+            )
+            test = val
+        else:
+            test = list_images(root / "test", classes)
+        labels = np.array([y for _, y in train], dtype=np.int64)
+        kept = long_tail_indices(labels, self.imbalance_factor, seed=self.seed)
+        train = [train[i] for i in kept]
+        return _Plan(train, val, test, labels[kept], test_is_val=test_is_val)
+
+    @property
+    def class_counts(self) -> Tensor:
+        """Training samples per class after long-tailing, float32 tensor (num_classes,)."""
+        counts = np.bincount(self._plan.train_labels, minlength=self.num_classes)
+        return torch.as_tensor(counts, dtype=torch.float32)
+
+    @property
+    def test_is_val(self) -> bool:
+        """True when the tree has no ``test`` folder and the validation split stands in for it."""
+        return self._plan.test_is_val
+
+    # -------------------------------------------------------------------------- Lightning API
+
+    def prepare_data(self) -> None:
+        """Nothing to download: the digits ship with scikit-learn, folders are already local."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the train, validation and test datasets (once, whatever the stage)."""
+        if self.train_dataset is not None:
+            return
+        plan = self._plan
+        size, chans = self.image_size, self.in_chans
+        if self.data_dir is None:
+            train = DigitsDataset(plan.train, size, chans)
+            self.train_dataset = train
+            self.val_dataset = DigitsDataset(plan.val, size, chans, train.mean, train.std)
+            self.test_dataset = DigitsDataset(plan.test, size, chans, train.mean, train.std)
+        else:
+            mean, std = channel_stats(plan.train, size, chans, seed=self.seed)
+            classes = self.class_names
+            self.train_dataset = ImageFolderDataset(plan.train, classes, size, chans, mean, std)
+            self.val_dataset = ImageFolderDataset(plan.val, classes, size, chans, mean, std)
+            self.test_dataset = ImageFolderDataset(plan.test, classes, size, chans, mean, std)
+
+    def _loader(self, split: str) -> DataLoader[Any]:
+        self.setup()
+        shuffle = split == "train"
+        return DataLoader(
+            getattr(self, f"{split}_dataset"),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled with a generator seeded from ``seed``: the same order on every run."""
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test")

@@ -1,0 +1,231 @@
+"""``LossMixin``: the loss pipeline of a ``LightningModule``.
+
+.. code-block:: text
+
+    outputs, target, batch
+       -> task loss: per-sample values (N,)                      (self.criterion)
+       -> terms added by callbacks: per-sample values (N,)       (LossTermProvider)
+          weighted sum of terms -> per-sample total (N,)
+          x sample weights from callbacks (product, in order)    (SampleWeighter)
+          reduce (the criterion's "mean" or "sum")  -> scalar returned to Lightning
+       observers get the detached per-sample terms              (LossObserver)
+
+The mixin also fills the context a loss declares (see ``Loss.context``): ``epoch`` from the
+trainer, ``index`` from the batch, and, once, class counts from the datamodule's
+``class_counts``. Every term is logged as ``{stage}/loss/{name}`` next to ``{stage}/loss``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._reduce import PerSample, reduce_loss
+from ..losses._base import ClassCountsLoss, Loss
+from .protocols import LossObserver, LossTerm, LossTermProvider, SampleWeighter
+
+CRITERION_ATTRS = ("criterion", "loss_fn")
+
+
+def batch_indices(batch: Any) -> Tensor:
+    """Dataset indices of the samples in ``batch`` (a mapping with an ``"index"`` entry)."""
+    if isinstance(batch, Mapping) and "index" in batch:
+        return torch.as_tensor(batch["index"])
+    raise ValueError(
+        "this loss needs the dataset index of each sample (context 'index'), but the batch "
+        f"carries none: expected a mapping with an 'index' entry, got {type(batch).__name__}."
+    )
+
+
+class _TorchLossAdapter:
+    """Per-sample values from a ``torch.nn`` loss: a copy with ``reduction="none"``, whose
+    element losses are averaged over every non-batch dimension."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        self.loss = copy.copy(loss)  # shares parameters and buffers; only `reduction` differs
+        self.loss.reduction = "none"
+
+    def __call__(self, outputs: Tensor, target: Tensor) -> PerSample:
+        values = self.loss(outputs, target)
+        return PerSample(values.reshape(values.shape[0], -1).mean(1) if values.ndim else values)
+
+
+class LossMixin:
+    """Mix into a ``LightningModule`` to run its loss through the library's pipeline.
+
+    Keep the loss in ``self.criterion`` (or ``self.loss_fn``): a registered loss from
+    :func:`~lightning_losses.build_loss`, a ``torch.nn`` loss with a ``reduction`` attribute, or
+    any callable returning a scalar (the last cannot take per-sample weights or terms).
+
+    Example:
+        >>> class Model(LossMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = timm.create_model("resnet18", num_classes=10)
+        ...         self.criterion = build_loss("focal", gamma=2.0)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return self.compute_loss(self.net(x), y, batch=batch)
+    """
+
+    def compute_loss(
+        self,
+        outputs: Any,
+        target: Any,
+        *,
+        batch: Any = None,
+        stage: str = "train",
+        criterion: Callable[..., Tensor] | None = None,
+    ) -> Tensor:
+        """Run the pipeline and return the scalar loss; logs every term under ``stage``."""
+        criterion = criterion if criterion is not None else self._criterion()
+        main = self._main_term(criterion, outputs, target, batch)
+        if main is None:  # an opaque callable: only a scalar is available
+            loss = criterion(outputs, target)
+            self._log_losses(stage, loss, {}, batch_size=_batch_size(target))
+            return loss
+
+        terms: dict[str, LossTerm] = {self._term_name(criterion): LossTerm(main, 1.0)}
+        callbacks = self._pipeline_callbacks() if stage == "train" else []
+        for cb in callbacks:
+            if isinstance(cb, LossTermProvider):
+                for name, term in cb.loss_terms(self, outputs, target, batch).items():
+                    if name in terms:
+                        raise ValueError(
+                            f"{type(cb).__name__} adds a loss term named {name!r}, which another "
+                            "term already uses; give it a different name."
+                        )
+                    terms[name] = term if isinstance(term, LossTerm) else LossTerm(term)
+
+        values = {
+            n: (t.values if isinstance(t.values, PerSample) else PerSample(t.values))
+            for n, t in terms.items()
+        }
+        total = sum(t.weight * values[n].values for n, t in terms.items())
+        n = main.values.shape[0]
+        for name, v in values.items():
+            if v.values.shape != (n,):
+                raise ValueError(
+                    f"loss term {name!r} must have one value per sample, shape ({n},); got "
+                    f"{tuple(v.values.shape)}."
+                )
+
+        sample_weight = None
+        detached_total = total.detach()
+        for cb in callbacks:
+            if isinstance(cb, SampleWeighter):
+                w = cb.sample_weights(self, batch, detached_total)
+                sample_weight = w if sample_weight is None else sample_weight * w
+
+        reduction = getattr(criterion, "reduction", "mean")
+        reduction = "mean" if reduction == "none" else reduction
+        loss = reduce_loss(PerSample(total, main.valid), reduction, sample_weight)
+
+        detached = {name: v.values.detach() for name, v in values.items()}
+        for cb in callbacks:
+            if isinstance(cb, LossObserver):
+                cb.observe_losses(self, batch, detached, sample_weight)
+        self._log_losses(stage, loss, values, batch_size=n)
+        return loss
+
+    # -- pieces of the pipeline -------------------------------------------------------------
+
+    def _criterion(self) -> Callable[..., Tensor]:
+        for attr in CRITERION_ATTRS:
+            crit = getattr(self, attr, None)
+            if crit is not None:
+                return crit
+        raise AttributeError(
+            f"{type(self).__name__} uses LossMixin but has no loss: set `self.criterion` (or "
+            "`self.loss_fn`) in __init__, or pass `criterion=` to compute_loss."
+        )
+
+    @staticmethod
+    def _term_name(criterion: Any) -> str:
+        return getattr(criterion, "registered_name", "") or "task"
+
+    def _main_term(self, criterion: Any, outputs: Any, target: Any, batch: Any) -> PerSample | None:
+        if isinstance(criterion, Loss):
+            self._give_class_counts(criterion)
+            return criterion.per_sample(outputs, target, **self._call_context(criterion, batch))
+        if isinstance(criterion, nn.Module) and hasattr(criterion, "reduction"):
+            adapters = self.__dict__.setdefault("_torch_loss_adapters", {})
+            key = id(criterion)
+            if key not in adapters or adapters[key][0] is not criterion:
+                adapters[key] = (criterion, _TorchLossAdapter(criterion))
+            return adapters[key][1](outputs, target)
+        return None
+
+    def _call_context(self, loss: Loss, batch: Any) -> dict[str, Any]:
+        context: dict[str, Any] = {}
+        for token in loss.context:
+            if token == "epoch":
+                context["epoch"] = self._trainer.current_epoch if self._attached() else 0
+            elif token == "index":
+                context["index"] = batch_indices(batch)
+        return context
+
+    def _give_class_counts(self, root: nn.Module) -> None:
+        """Hand the datamodule's class counts to every loss that needs them and has none."""
+        for module in root.modules():
+            if isinstance(module, ClassCountsLoss) and not module.has_class_counts:
+                module.set_class_counts(self._class_counts(module))
+
+    def _class_counts(self, loss: nn.Module) -> Tensor:
+        sources = []
+        if self._attached() and getattr(self._trainer, "datamodule", None) is not None:
+            sources.append(self._trainer.datamodule)
+        sources.append(self)
+        for source in sources:
+            counts = getattr(source, "class_counts", None)
+            if counts is not None:
+                return torch.as_tensor(counts)
+        raise ValueError(
+            f"{type(loss).__name__} needs class counts, but none were found: give the "
+            "datamodule (or the module) a `class_counts` attribute with one count per class of "
+            "the training set, or pass `class_counts=` to the loss."
+        )
+
+    def _pipeline_callbacks(self) -> list[Any]:
+        return list(self._trainer.callbacks) if self._attached() else []
+
+    def _attached(self) -> bool:
+        return getattr(self, "_trainer", None) is not None
+
+    def _log_losses(
+        self, stage: str, loss: Tensor, terms: Mapping[str, PerSample], batch_size: int
+    ) -> None:
+        if not self._attached():
+            return
+        on_step = stage == "train"
+        sync = stage != "train"
+        self.log(
+            f"{stage}/loss",
+            loss.detach(),
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=sync,
+        )
+        for name, term in terms.items():
+            self.log(
+                f"{stage}/loss/{name}",
+                _mean(term),
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=sync,
+            )
+
+
+def _mean(term: PerSample) -> Tensor:
+    return reduce_loss(PerSample(term.values.detach(), term.valid), "mean")
+
+
+def _batch_size(target: Any) -> int | None:
+    return int(target.shape[0]) if isinstance(target, Tensor) and target.ndim else None

@@ -1,0 +1,1 @@
+"""LightningModules and CLIs behind the recipes."""

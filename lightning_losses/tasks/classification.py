@@ -1,0 +1,181 @@
+"""The classification task: any timm backbone, any registered loss, torchmetrics reports.
+
+``ClassificationModule`` is a plain ``LightningModule`` with :class:`~lightning_losses.LossMixin`;
+``cli_main`` runs it with :class:`ClassificationDataModule` through ``LightningCLI`` (the recipe
+``recipes/classification.py``). At the end of fit (last validation) and of test it prints
+accuracy, macro-F1 and calibration (ECE, MCE, NLL, Brier) as a table, and writes them as JSON
+with a reliability diagram (PNG) to the run's log directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from ..calibration import CalibrationReport
+from ..data import ClassificationDataModule
+from ..mixins import LossMixin
+from ..registry import build_loss
+from .report import format_table, write_report
+
+
+class ClassificationModule(LossMixin, L.LightningModule):
+    """Image classifier: ``timm.create_model(backbone)`` trained with a registered loss.
+
+    Args:
+        backbone: any ``timm.list_models()`` name.
+        num_classes, in_chans: filled from the datamodule by the recipe's CLI.
+        pretrained: load timm weights (needs them in the local cache; False by default because
+            no weights can be downloaded at run time). ``checkpoint_path`` loads a local file.
+        loss: a registered loss name (``lightning-losses list``); ``loss_kwargs`` its options.
+            Multi-label losses (``binary_focal``, ``asl``, ...) get one-hot targets.
+        lr, weight_decay: AdamW, with a cosine schedule over all training steps.
+        n_bins: calibration bins for ECE and the reliability diagram (15, Guo et al. 2017).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 10,
+        in_chans: int = 1,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        loss: str = "cross_entropy",
+        loss_kwargs: dict[str, Any] | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        n_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = timm.create_model(
+            backbone,
+            pretrained=pretrained or checkpoint_path is not None,
+            pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
+            num_classes=num_classes,
+            in_chans=in_chans,
+        )
+        self.criterion = build_loss(loss, **(loss_kwargs or {}))
+        self._multilabel_loss = self.criterion.target_kind == "multilabel"
+        metrics = MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone()
+        self.test_metrics = metrics.clone()
+        self.val_calibration = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
+        self.test_calibration = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
+        self.reports: dict[str, dict[str, float]] = {}
+        self._reliability: dict[str, Any] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _loss_target(self, y: Tensor, logits: Tensor) -> Tensor:
+        if self._multilabel_loss:
+            return F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return y
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        return self.compute_loss(logits, self._loss_target(y, logits), batch=batch)
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.compute_loss(logits, self._loss_target(y, logits), batch=batch, stage=stage)
+        getattr(self, f"{stage}_metrics").update(logits, y)
+        getattr(self, f"{stage}_calibration").update(logits, y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _epoch_report(self, stage: str) -> None:
+        metrics = {k: float(v) for k, v in getattr(self, f"{stage}_metrics").compute().items()}
+        calibration = getattr(self, f"{stage}_calibration").compute()
+        for key in ("ece", "mce", "nll", "brier"):
+            metrics[key] = float(calibration[key])
+        for key, value in metrics.items():
+            self.log(f"{stage}/{key}", value, prog_bar=key == "accuracy")
+        self.reports[stage] = metrics
+        self._reliability[stage] = calibration["reliability"]
+        getattr(self, f"{stage}_metrics").reset()
+        getattr(self, f"{stage}_calibration").reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_report("test")
+        self._publish("test")
+
+    def on_fit_end(self) -> None:
+        if "val" in self.reports:
+            self._publish("val")
+
+    def _publish(self, stage: str) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        title = f"{stage} report ({self.hparams.backbone}, loss={self.hparams.loss})"
+        rank_zero_info("\n" + format_table(title, self.reports[stage]))
+        paths = write_report(
+            out,
+            stage,
+            self.reports[stage],
+            self._reliability.get(stage),
+            extra={"hparams": dict(self.hparams), "epoch": self.current_epoch},
+        )
+        rank_zero_info(f"{stage} report written to {', '.join(str(p) for p in paths.values())}")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ClassificationCLI(LightningCLI):
+    """LightningCLI that fills model sizes from the data and tests right after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="run `test` on the final weights right after `fit`",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit", True):
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def cli_main(args: list[str] | None = None, **kwargs: Any) -> ClassificationCLI:
+    return ClassificationCLI(
+        ClassificationModule,
+        ClassificationDataModule,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        **kwargs,
+    )

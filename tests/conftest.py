@@ -1,0 +1,60 @@
+"""Shared test helpers: ready-to-call registered losses and inputs that fit their contract."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lightning_losses import build_loss, loss_info
+from lightning_losses.losses import ClassCountsLoss
+
+# Keep the suite fast and deterministic on a 2-core machine.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def ready_loss(name: str, num_classes: int = 5, **kwargs) -> torch.nn.Module:
+    """``build_loss(name, **kwargs)`` with class counts given to every loss that needs them."""
+    loss = build_loss(name, **kwargs)
+    counts = torch.arange(num_classes, 0, -1, dtype=torch.float32) * 10  # long-tailed
+    for module in loss.modules():
+        if isinstance(module, ClassCountsLoss) and not module.has_class_counts:
+            module.set_class_counts(counts)
+    return loss
+
+
+def loss_context(name: str, epoch: int = 0) -> dict:
+    """The call-time context a loss declares (what LossMixin would pass)."""
+    ctx = {}
+    if "epoch" in loss_info(name).context:
+        ctx["epoch"] = epoch
+    return ctx
+
+
+def loss_inputs(
+    name: str,
+    n: int = 8,
+    k: int = 5,
+    *,
+    dense: tuple[int, ...] = (),
+    dtype: torch.dtype = torch.float32,
+    scale: float = 3.0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits and a valid target for the loss's declared target kind."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, k, *dense, generator=g, dtype=torch.float64) * scale).to(dtype)
+    kind = loss_info(name).target
+    if kind == "multilabel":
+        target = torch.randint(0, 2, (n, k, *dense), generator=g).to(dtype)
+    elif kind == "index":
+        target = torch.randint(0, k, (n, *dense), generator=g)
+    else:  # pragma: no cover - a new kind must teach the test helpers how to build it
+        raise AssertionError(f"unknown target kind {kind!r} for {name}")
+    return logits, target
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

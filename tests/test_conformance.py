@@ -1,0 +1,230 @@
+"""Every registered loss against the shared contract (DESIGN.md, "Contracts").
+
+Parametrised over the registry, so a loss added to it is checked without writing a test.
+Tolerances: the bf16 check compares the loss on bf16 logits, computed under autocast, with the
+float64 loss on the same (bf16-rounded) logits at rtol 1e-4 (losses compute in float32 from
+low-precision logits); against the unrounded float64 logits the gap is bf16's own rounding, so
+that comparison uses rtol 5e-2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightning_losses import build_loss, list_losses, loss_info
+from lightning_losses.losses import ClassCountsLoss, Loss
+from lightning_losses.registry import FAMILIES
+
+from .conftest import loss_context, loss_inputs, ready_loss
+
+NAMES = list_losses()
+#: A subset compiled with torch.compile in CI (compilation costs ~10 s per loss on 2 cores).
+COMPILE_SUBSET = [
+    n for n in ("cross_entropy", "focal", "binary_focal", "ldam", "asl") if n in NAMES
+]
+
+
+def test_registry_has_at_least_25_losses():
+    assert len(NAMES) >= 25, NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_and_docstring(name):
+    info = loss_info(name)
+    assert info.family in FAMILIES
+    assert issubclass(info.cls, Loss)
+    assert info.paper.strip(), "every loss names its reference"
+    assert ".. math::" in info.doc or ":math:" in info.doc, "the docstring must carry the formula"
+    assert info.input == "logits" and info.target in ("index", "multilabel")
+    build_loss(name)  # every default constructs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_is_per_sample_and_mean_matches_exactly(name):
+    x, y = loss_inputs(name, n=7, k=5)
+    ctx = loss_context(name)
+    none = ready_loss(name, reduction="none")(x, y, **ctx)
+    assert none.shape == (7,)
+    assert torch.equal(none.mean(), ready_loss(name, reduction="mean")(x, y, **ctx))
+    assert torch.equal(none.sum(), ready_loss(name, reduction="sum")(x, y, **ctx))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(NAMES),
+    n=st.integers(1, 9),
+    k=st.integers(2, 7),
+    scale=st.floats(0.1, 20.0),
+    seed=st.integers(0, 10_000),
+)
+def test_reduction_consistency_property(name, n, k, scale, seed):
+    x, y = loss_inputs(name, n=n, k=k, scale=scale, seed=seed, dtype=torch.float64)
+    ctx = loss_context(name)
+    none = ready_loss(name, num_classes=k, reduction="none")(x, y, **ctx)
+    mean = ready_loss(name, num_classes=k, reduction="mean")(x, y, **ctx)
+    assert none.shape == (n,) and torch.isfinite(none).all()
+    assert torch.equal(none.mean(), mean)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_weight_semantics(name):
+    x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
+    ctx = loss_context(name)
+    loss_none = ready_loss(name, reduction="none")
+    loss_mean = ready_loss(name, reduction="mean")
+    per_sample = loss_none(x, y, **ctx)
+    w = torch.tensor([0.0, 1.0, 2.0, 0.5, 3.0, 1.0], dtype=torch.float64)
+    # mean = sum(w * l) / N; weights do not enter the denominator
+    torch.testing.assert_close(loss_mean(x, y, sample_weight=w, **ctx), (w * per_sample).sum() / 6)
+    torch.testing.assert_close(loss_none(x, y, sample_weight=w, **ctx), w * per_sample)
+    ones = torch.ones(6, dtype=torch.float64)
+    assert torch.equal(loss_mean(x, y, sample_weight=ones, **ctx), loss_mean(x, y, **ctx))
+    with pytest.raises(ValueError, match="sample_weight"):
+        loss_mean(x, y, sample_weight=torch.ones(5), **ctx)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_sample_values_do_not_depend_on_the_rest_of_the_batch(name):
+    """A sample's value is its own, unless the loss documents a batch-level statistic."""
+    x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
+    ctx = loss_context(name)
+    loss = ready_loss(name, reduction="none")
+    full = loss(x, y, **ctx)
+    part = loss(x[:3], y[:3], **ctx)
+    if getattr(loss_info(name).cls, "batch_statistic", False):
+        pytest.skip(f"{name} documents a batch-level term (checked in its family tests)")
+    torch.testing.assert_close(full[:3], part)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sign_seed", [0, 1])
+def test_finite_values_and_gradients_at_saturated_logits(name, sign_seed):
+    x, y = loss_inputs(name, n=6, k=5, seed=sign_seed)
+    x = (torch.sign(x) * 100.0).requires_grad_(True)
+    loss = ready_loss(name)(x, y, **loss_context(name))
+    loss.backward()
+    assert torch.isfinite(loss), loss
+    assert torch.isfinite(x.grad).all(), x.grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_close_to_float64(name):
+    x, y = loss_inputs(name, n=16, k=5, scale=2.0)
+    ctx = loss_context(name)
+    loss = ready_loss(name)
+    x_bf16 = x.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss(x_bf16, y.to(torch.bfloat16) if y.is_floating_point() else y, **ctx)
+    assert low.dtype == torch.float32, "losses accumulate in float32 under autocast"
+    ref_rounded = ready_loss(name).double()(
+        x_bf16.double(), y.double() if y.is_floating_point() else y, **ctx
+    )
+    ref_exact = ready_loss(name).double()(
+        x.double(), y.double() if y.is_floating_point() else y, **ctx
+    )
+    torch.testing.assert_close(low.double(), ref_rounded, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(low.double(), ref_exact, rtol=5e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_moves_and_round_trips(name):
+    x, y = loss_inputs(name, n=5, k=5, dtype=torch.float64)
+    ctx = loss_context(name)
+    loss = ready_loss(name).double()
+    fresh = build_loss(name).double()
+    fresh.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(fresh(x, y, **ctx), loss(x, y, **ctx))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dense_inputs_give_one_value_per_sample(name):
+    x, y = loss_inputs(name, n=4, k=5, dense=(3, 2))
+    try:
+        out = ready_loss(name, reduction="none")(x, y, **loss_context(name))
+    except ValueError as err:  # a loss may refuse dense input, but must say so clearly
+        assert "input" in str(err)
+        return
+    assert out.shape == (4,)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_target_shape_is_a_clear_error(name):
+    x, y = loss_inputs(name, n=6, k=5)
+    with pytest.raises(ValueError, match="target"):
+        ready_loss(name)(x, y[:4], **loss_context(name))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "index"])
+def test_label_out_of_range_is_a_clear_error(name):
+    x, y = loss_inputs(name, n=6, k=5)
+    y[2] = 5
+    with pytest.raises(ValueError, match=r"target.*\b5\b|outside"):
+        ready_loss(name)(x, y, **loss_context(name))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "multilabel"])
+def test_multilabel_target_out_of_range_is_a_clear_error(name):
+    x, y = loss_inputs(name, n=6, k=5)
+    y[2, 1] = 3.0
+    with pytest.raises(ValueError, match="target"):
+        ready_loss(name)(x, y, **loss_context(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_input_is_caught_when_asked(name):
+    x, y = loss_inputs(name, n=6, k=5)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"input.*NaN"):
+        ready_loss(name, check_finite=True)(x, y, **loss_context(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_and_bad_reduction(name):
+    with pytest.raises(TypeError, match="unknown option"):
+        build_loss(name, not_an_option=1)
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss(name, reduction="average")
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if issubclass(loss_info(n).cls, ClassCountsLoss)]
+)
+def test_class_counts_are_validated(name):
+    loss = build_loss(name)
+    with pytest.raises(ValueError, match=r"class_counts.*negative"):
+        loss.set_class_counts([10.0, -1.0, 3.0, 4.0, 5.0])
+    x, y = loss_inputs(name, n=4, k=5)
+    with pytest.raises(ValueError, match="class counts"):
+        loss(x, y, **loss_context(name))  # none given yet
+
+
+def test_unknown_loss_name_suggests_close_names():
+    with pytest.raises(ValueError, match="Did you mean 'focal'"):
+        build_loss("focl")
+
+
+def test_wrong_input_type_is_a_type_error():
+    with pytest.raises(TypeError, match="input"):
+        build_loss("cross_entropy")([[0.1, 0.9]], torch.tensor([1]))
+    with pytest.raises(TypeError, match="floating-point"):
+        build_loss("cross_entropy")(torch.ones(2, 3, dtype=torch.long), torch.tensor([1, 0]))
+
+
+# -- torch.compile (subset) ------------------------------------------------------------------
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name", COMPILE_SUBSET)
+def test_compiled_equals_eager(name):
+    torch._dynamo.reset()
+    x, y = loss_inputs(name, n=8, k=5)
+    ctx = loss_context(name)
+    loss = ready_loss(name, reduction="none")
+    compiled = torch.compile(loss, fullgraph=False)
+    torch.testing.assert_close(compiled(x, y, **ctx), loss(x, y, **ctx), rtol=1e-5, atol=1e-6)
