@@ -114,7 +114,7 @@ class ClassCountsLoss(Loss):
     def set_class_counts(self, class_counts: Sequence[float] | Tensor) -> None:
         counts = check_class_counts(class_counts)
         device = self.class_counts.device
-        self.class_counts = counts.to(device=device, dtype=torch.float32)
+        self.class_counts = counts.to(device=device, dtype=self.class_counts.dtype)
         self.on_class_counts()
 
     def on_class_counts(self) -> None:
@@ -134,8 +134,13 @@ class ClassCountsLoss(Loss):
         return self.class_counts
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The counts buffer starts empty and takes its size from the data; accept the saved size.
-        key = prefix + "class_counts"
-        if key in state_dict and state_dict[key].shape != self.class_counts.shape:
-            self.set_class_counts(state_dict[key])
+        # The counts buffer takes its size from the data: resize it to the saved one, load, and
+        # derive the dependent buffers again from the loaded counts.
+        saved = state_dict.get(prefix + "class_counts")
+        if saved is not None and saved.shape != self.class_counts.shape:
+            self.class_counts = torch.empty(
+                saved.shape, device=self.class_counts.device, dtype=self.class_counts.dtype
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if saved is not None and saved.numel() > 0:
+            self.on_class_counts()

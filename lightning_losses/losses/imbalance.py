@@ -104,14 +104,14 @@ def _num_classes(input: Tensor) -> int:
 
 
 class _CountsDerived(ClassCountsLoss):
-    """A counts loss whose derived buffers are registered before the counts are first set."""
+    """A counts loss with buffers derived from the counts (not saved: derived again on load)."""
 
     derived_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, reduction: str, check_finite: bool) -> None:
         super().__init__(None, reduction=reduction, check_finite=check_finite)
         for name in self.derived_buffers:
-            self.register_buffer(name, torch.empty(0))
+            self.register_buffer(name, torch.empty(0), persistent=False)  # derived from counts
 
     def _store(self, name: str, value: Tensor) -> None:
         setattr(self, name, value.to(device=self.class_counts.device, dtype=torch.float32))
