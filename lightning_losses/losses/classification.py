@@ -210,10 +210,9 @@ class FocalLoss(CategoricalLoss):
             loss = torch.exp(self.gamma * log_one_minus_p_target(c.logits, c.target)) * loss
         if self.alpha.numel():
             a = self.alpha.to(loss.dtype)
-            if not self._alpha_is_scalar and a.numel() != c.logits.shape[1]:
-                raise ValueError(
-                    f"`alpha` has {a.numel()} entries but the input has {c.logits.shape[1]} classes."
-                )
+            k = c.logits.shape[1]
+            if not self._alpha_is_scalar and a.numel() != k:
+                raise ValueError(f"`alpha` has {a.numel()} entries but the input has {k} classes.")
             loss = loss * (a[0] if self._alpha_is_scalar else a[c.target])
         return loss
 
