@@ -42,6 +42,9 @@ def test_fit_then_test_writes_the_report(tmp_path):
     report = json.loads((run_dir / "test_metrics.json").read_text())
     assert set(report["metrics"]) >= {"accuracy", "macro_f1", "ece", "mce", "nll", "brier"}
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    # post-hoc temperature scaling, fitted on the validation split, reported next to the raw
+    assert report["metrics"]["temperature"] > 0
+    assert {"ece_temperature_scaled", "nll_temperature_scaled"} <= set(report["metrics"])
     png = run_dir / "test_reliability.png"
     assert png.stat().st_size > 0 and Image.open(png).size[0] > 100
     assert (run_dir / "val_metrics.json").exists()

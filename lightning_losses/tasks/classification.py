@@ -22,7 +22,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ..calibration import CalibrationReport
+from ..calibration import CalibrationReport, TemperatureScaler
 from ..data import ClassificationDataModule
 from ..mixins import LossMixin
 from ..registry import build_loss
@@ -41,6 +41,9 @@ class ClassificationModule(LossMixin, L.LightningModule):
             Multi-label losses (``binary_focal``, ``asl``, ...) get one-hot targets.
         lr, weight_decay: AdamW, with a cosine schedule over all training steps.
         n_bins: calibration bins for ECE and the reliability diagram (15, Guo et al. 2017).
+        temperature_scaling: before testing, fit a temperature on the validation split (Guo et
+            al. 2017) and report the test calibration after scaling too (``*_temperature_scaled``
+            keys; accuracy does not change).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         n_bins: int = 15,
+        temperature_scaling: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +81,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
         self.test_metrics = metrics.clone()
         self.val_calibration = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
         self.test_calibration = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
+        self.test_calibration_scaled = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
+        self.temperature = TemperatureScaler()
         self.reports: dict[str, dict[str, float]] = {}
         self._reliability: dict[str, Any] = {}
 
@@ -99,6 +105,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
         self.compute_loss(logits, self._loss_target(y, logits), batch=batch, stage=stage)
         getattr(self, f"{stage}_metrics").update(logits, y)
         getattr(self, f"{stage}_calibration").update(logits, y)
+        if stage == "test" and self.hparams.temperature_scaling:
+            self.test_calibration_scaled.update(self.temperature(logits), y)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -111,6 +119,12 @@ class ClassificationModule(LossMixin, L.LightningModule):
         calibration = getattr(self, f"{stage}_calibration").compute()
         for key in ("ece", "mce", "nll", "brier"):
             metrics[key] = float(calibration[key])
+        if stage == "test" and self.hparams.temperature_scaling:
+            scaled = self.test_calibration_scaled.compute()
+            metrics["temperature"] = float(self.temperature.temperature)
+            for key in ("ece", "nll", "brier"):
+                metrics[f"{key}_temperature_scaled"] = float(scaled[key])
+            self.test_calibration_scaled.reset()
         for key, value in metrics.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "accuracy")
         self.reports[stage] = metrics
@@ -120,6 +134,26 @@ class ClassificationModule(LossMixin, L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_report("val")
+
+    def on_test_start(self) -> None:
+        if not self.hparams.temperature_scaling:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError(
+                "`temperature_scaling=True` fits the temperature on the validation split and "
+                "needs a datamodule; pass `datamodule=` to `trainer.test` or set it to False."
+            )
+        logits, labels = [], []
+        with torch.no_grad():
+            for x, y in datamodule.val_dataloader():
+                logits.append(self(x.to(self.device)).float())
+                labels.append(y.to(self.device))
+        logits = self.all_gather(torch.cat(logits)).flatten(0, -2)
+        labels = self.all_gather(torch.cat(labels)).flatten()
+        # The test loop runs under inference mode; the fit needs autograd on ordinary tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            self.temperature.fit(logits.clone(), labels.clone())
 
     def on_test_epoch_end(self) -> None:
         self._epoch_report("test")

@@ -1,0 +1,294 @@
+"""Forward + backward speed of lightning_losses next to established implementations.
+
+Each row times one loss of this library and a reference implementation of the same definition
+(PyTorch, torchvision, kornia, timm) on the same inputs, after checking that both give the same
+value and the same input gradient. The time per call is the median over ``--repeats`` blocks of
+``torch.autograd.grad(loss(x, t), x)``; ours and the reference are timed in alternating blocks so
+that drift of the machine affects both alike.
+
+    python benchmarks/loss_speed.py                 # CPU, float32, 2 threads
+    python benchmarks/loss_speed.py --amp           # adds a bf16-autocast row per pair
+    python benchmarks/loss_speed.py --device cuda   # on the GPU
+    python benchmarks/loss_speed.py --quick         # small shapes, a smoke run
+
+The table is printed and written as Markdown to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils import benchmark
+
+from lightning_losses import build_loss
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Pair:
+    """One of our losses and a reference that computes the same quantity."""
+
+    name: str  # row label for our loss
+    reference: str  # row label for the reference
+    ours: LossFn
+    ref: LossFn
+    target: str  # "index", "soft" or "multilabel"
+    dense: bool  # whether the reference accepts (N, K, *d) input
+
+
+@dataclass
+class Row:
+    pair: Pair
+    shape: tuple[int, ...]
+    dtype: str
+    ours_ms: float
+    ref_ms: float
+    agree: str
+
+
+def _pairs() -> list[Pair]:
+    import kornia.losses
+    import torchvision.ops
+    from timm.loss import AsymmetricLossMultiLabel, SoftTargetCrossEntropy
+
+    pairs = [
+        Pair(
+            "cross_entropy",
+            "F.cross_entropy",
+            build_loss("cross_entropy"),
+            F.cross_entropy,
+            "index",
+            dense=True,
+        ),
+        Pair(
+            "cross_entropy (label_smoothing=0.1)",
+            "F.cross_entropy(label_smoothing=0.1)",
+            build_loss("cross_entropy", label_smoothing=0.1),
+            lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+            "index",
+            dense=True,
+        ),
+        Pair(
+            "cross_entropy (soft target)",
+            "timm SoftTargetCrossEntropy",
+            build_loss("cross_entropy"),
+            SoftTargetCrossEntropy(),
+            "soft",
+            dense=False,
+        ),
+        Pair(
+            "focal (gamma=2)",
+            "kornia focal_loss (none, sum(1).mean())",
+            build_loss("focal", gamma=2.0, alpha=None),
+            # kornia's reduction="mean" divides by N*C; sum over classes, then average, is the
+            # usual per-sample focal loss and equals ours.
+            lambda x, t: kornia.losses.focal_loss(x, t, alpha=None, gamma=2.0, reduction="none")
+            .sum(1)
+            .mean(),
+            "index",
+            dense=True,
+        ),
+        Pair(
+            "binary_focal (gamma=2, alpha=0.25)",
+            "torchvision sigmoid_focal_loss",
+            build_loss("binary_focal", gamma=2.0, alpha=0.25),
+            lambda x, t: torchvision.ops.sigmoid_focal_loss(
+                x, t, alpha=0.25, gamma=2.0, reduction="mean"
+            ),
+            "multilabel",
+            dense=True,
+        ),
+        Pair(
+            "binary_cross_entropy",
+            "F.binary_cross_entropy_with_logits",
+            build_loss("binary_cross_entropy"),
+            F.binary_cross_entropy_with_logits,
+            "multilabel",
+            dense=True,
+        ),
+        Pair(
+            "asl (sum)",
+            "timm AsymmetricLossMultiLabel (sum)",
+            build_loss("asl", gamma_pos=1.0, gamma_neg=4.0, clip=0.05, reduction="sum"),
+            AsymmetricLossMultiLabel(gamma_pos=1, gamma_neg=4, clip=0.05, reduction="sum"),
+            "multilabel",
+            dense=False,
+        ),
+    ]
+    try:
+        from timm.loss import PolyCrossEntropy
+    except ImportError:
+        print("timm has no PolyCrossEntropy: poly1 is skipped", file=sys.stderr)
+    else:
+        pairs.append(
+            Pair(
+                "poly1 (epsilon=2)",
+                "timm PolyCrossEntropy",
+                build_loss("poly1", epsilon=2.0),
+                PolyCrossEntropy(epsilon=2.0),
+                "index",
+                dense=False,
+            )
+        )
+    return pairs
+
+
+def _inputs(kind: str, shape: tuple[int, ...], device: str, dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = (2 * torch.randn(shape, generator=g)).to(device=device, dtype=dtype)
+    k = shape[1]
+    if kind == "index":
+        t = torch.randint(0, k, (shape[0], *shape[2:]), generator=g)
+    elif kind == "soft":
+        t = torch.softmax(3 * torch.randn(shape, generator=g), dim=1)
+    else:
+        t = (torch.rand(shape, generator=g) < 0.1).float()
+    return x.requires_grad_(), t.to(device)
+
+
+def _autocast(fn: LossFn, device: str, amp: bool) -> LossFn:
+    if not amp:
+        return fn
+
+    def call(x: Tensor, t: Tensor) -> Tensor:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            return fn(x, t)
+
+    return call
+
+
+def _check(ours: LossFn, ref: LossFn, x: Tensor, t: Tensor, amp: bool) -> str:
+    """"yes" when value and input gradient agree, else a short description of the gap."""
+    tol = {"rtol": 2e-2, "atol": 2e-3} if amp else {"rtol": 1e-4, "atol": 1e-5}
+    results = []
+    for fn in (ours, ref):
+        value = fn(x, t)
+        (grad,) = torch.autograd.grad(value, x)
+        results.append((value.detach().float(), grad.float()))
+    for what, a, b in zip(("value", "grad"), results[0], results[1], strict=True):
+        try:
+            torch.testing.assert_close(a, b, **tol)
+        except AssertionError:
+            gap = (a - b).abs().max().item()
+            return f"no ({what}: max abs diff {gap:.2g})"
+    return "yes"
+
+
+def _time(ours: LossFn, ref: LossFn, x: Tensor, t: Tensor, args) -> tuple[float, float]:
+    """Median per-call time (ms) of forward + backward for ours and the reference."""
+    timers = [
+        benchmark.Timer(
+            stmt="grad(fn(x, t), x)",
+            globals={"grad": torch.autograd.grad, "fn": fn, "x": x, "t": t},
+            num_threads=args.threads,
+        )
+        for fn in (ours, ref)
+    ]
+    # Calibrate the calls per block on the slower of the two so each block lasts ~block_s.
+    probe = max(tm.timeit(3).mean for tm in timers)
+    number = max(1, int(args.block_s / max(probe, 1e-7)))
+    samples: list[list[float]] = [[], []]
+    for _ in range(args.repeats):
+        for i, tm in enumerate(timers):
+            samples[i].append(tm.timeit(number).mean)
+    return statistics.median(samples[0]) * 1e3, statistics.median(samples[1]) * 1e3
+
+
+def _environment(args) -> list[str]:
+    import kornia
+    import timm
+    import torchvision
+
+    if args.device == "cuda":
+        hw = torch.cuda.get_device_name()
+    else:
+        hw = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    hw = line.split(":", 1)[1].strip()
+                    break
+    return [
+        f"- torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"kornia {kornia.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
+        f"- device: {args.device} ({hw}), torch threads: {args.threads}",
+        f"- time per call: median of {args.repeats} blocks of ~{args.block_s * 1e3:.0f} ms, "
+        "forward + backward (`torch.autograd.grad(loss(x, t), x)`)",
+    ]
+
+
+def _markdown(rows: list[Row], env: list[str]) -> str:
+    head = [
+        "| loss | reference | shape | dtype | ours (ms) | reference (ms) | ours / ref | values agree |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    body = [
+        f"| {r.pair.name} | {r.pair.reference} | {'x'.join(map(str, r.shape))} | {r.dtype} "
+        f"| {r.ours_ms:.3f} | {r.ref_ms:.3f} | {r.ours_ms / r.ref_ms:.2f} | {r.agree} |"
+        for r in rows
+    ]
+    return "\n".join([*env, "", *head, *body]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed blocks (default 7)")
+    parser.add_argument("--block-s", type=float, default=None, help="seconds per timed block")
+    parser.add_argument("--amp", action="store_true", help="also time bf16 autocast")
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loss_speed.md"))
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was given but CUDA is not available")
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.block_s = args.block_s or (0.02 if args.quick else 0.1)
+    torch.set_num_threads(args.threads)
+
+    classification = (64, 100) if args.quick else (256, 1000)
+    dense = (2, 21, 16, 16) if args.quick else (8, 21, 64, 64)
+    precisions = [("float32", False)] + ([("bf16 autocast", True)] if args.amp else [])
+
+    start = time.perf_counter()
+    rows: list[Row] = []
+    for pair in _pairs():
+        for shape in [classification] + ([dense] if pair.dense else []):
+            for label, amp in precisions:
+                dtype = torch.bfloat16 if amp else torch.float32
+                x, t = _inputs(pair.target, shape, args.device, dtype, seed=len(rows))
+                ours = _autocast(pair.ours, args.device, amp)
+                ref = _autocast(pair.ref, args.device, amp)
+                agree = _check(ours, ref, x, t, amp)
+                ours_ms, ref_ms = _time(ours, ref, x, t, args)
+                rows.append(Row(pair, shape, label, ours_ms, ref_ms, agree))
+                print(
+                    f"{pair.name:38s} {'x'.join(map(str, shape)):12s} {label:13s} "
+                    f"{ours_ms:9.3f} ms {ref_ms:9.3f} ms  {ours_ms / ref_ms:5.2f}  {agree}",
+                    file=sys.stderr,
+                )
+    elapsed = time.perf_counter() - start
+
+    env = _environment(args)
+    env.append(f"- benchmark wall time: {elapsed:.0f} s")
+    table = _markdown(rows, env)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+    print(f"written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
