@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import sys
@@ -94,9 +95,11 @@ def _pairs() -> list[Pair]:
             build_loss("focal", gamma=2.0, alpha=None),
             # kornia's reduction="mean" divides by N*C; sum over classes, then average, is the
             # usual per-sample focal loss and equals ours.
-            lambda x, t: kornia.losses.focal_loss(x, t, alpha=None, gamma=2.0, reduction="none")
-            .sum(1)
-            .mean(),
+            lambda x, t: (
+                kornia.losses.focal_loss(x, t, alpha=None, gamma=2.0, reduction="none")
+                .sum(1)
+                .mean()
+            ),
             "index",
             dense=True,
         ),
@@ -170,7 +173,7 @@ def _autocast(fn: LossFn, device: str, amp: bool) -> LossFn:
 
 
 def _check(ours: LossFn, ref: LossFn, x: Tensor, t: Tensor, amp: bool) -> str:
-    """"yes" when value and input gradient agree, else a short description of the gap."""
+    """ "yes" when value and input gradient agree, else a short description of the gap."""
     tol = {"rtol": 2e-2, "atol": 2e-3} if amp else {"rtol": 1e-4, "atol": 1e-5}
     results = []
     for fn in (ours, ref):
@@ -223,7 +226,8 @@ def _environment(args) -> list[str]:
     return [
         f"- torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"kornia {kornia.__version__}, timm {timm.__version__}, Python {platform.python_version()}",
-        f"- device: {args.device} ({hw}), torch threads: {args.threads}",
+        f"- device: {args.device} ({hw}), torch threads: {args.threads}, "
+        f"CPU cores: {os.cpu_count()}, 1-min load average at start: {args.load:.1f}",
         f"- time per call: median of {args.repeats} blocks of ~{args.block_s * 1e3:.0f} ms, "
         "forward + backward (`torch.autograd.grad(loss(x, t), x)`)",
     ]
@@ -231,7 +235,8 @@ def _environment(args) -> list[str]:
 
 def _markdown(rows: list[Row], env: list[str]) -> str:
     head = [
-        "| loss | reference | shape | dtype | ours (ms) | reference (ms) | ours / ref | values agree |",
+        "| loss | reference | shape | dtype | ours (ms) | reference (ms) | ours / ref "
+        "| values agree |",
         "|---|---|---|---|---:|---:|---:|---|",
     ]
     body = [
@@ -257,6 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.block_s = args.block_s or (0.02 if args.quick else 0.1)
     torch.set_num_threads(args.threads)
+    args.load = os.getloadavg()[0]
+    if args.device == "cpu" and args.load + args.threads > (os.cpu_count() or 1) + 0.5:
+        print(
+            f"warning: load average {args.load:.1f} on {os.cpu_count()} cores: other processes "
+            f"compete for the CPU, and {args.threads}-thread kernels wait for a free core, which "
+            "inflates every time (try --threads 1 or an idle machine)",
+            file=sys.stderr,
+        )
 
     classification = (64, 100) if args.quick else (256, 1000)
     dense = (2, 21, 16, 16) if args.quick else (8, 21, 64, 64)

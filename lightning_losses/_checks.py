@@ -9,6 +9,7 @@ traces, so compiled graphs stay free of data-dependent branches.
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 
@@ -63,13 +64,16 @@ def check_finite(x: Tensor, arg: str) -> None:
 
 
 def check_number(value: object, arg: str) -> float:
+    """``value`` must be a finite real number (not a bool); returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{arg}` must be a real number; got {type(value).__name__} {value!r}.")
-    return value
+    if not math.isfinite(value):
+        raise ValueError(f"`{arg}` must be finite; got {value!r}.")
+    return float(value)
 
 
 def check_positive(value: float, arg: str, *, allow_zero: bool = False) -> float:
-    check_number(value, arg)
+    value = check_number(value, arg)
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
@@ -79,7 +83,7 @@ def check_positive(value: float, arg: str, *, allow_zero: bool = False) -> float
 
 def check_range(value: float, arg: str, low: float, high: float, *, closed: str = "both") -> float:
     """``value`` in [low, high], (low, high], [low, high) or (low, high) as ``closed`` says."""
-    check_number(value, arg)
+    value = check_number(value, arg)
     lo_ok = value >= low if closed in ("both", "left") else value > low
     hi_ok = value <= high if closed in ("both", "right") else value < high
     if not (lo_ok and hi_ok):

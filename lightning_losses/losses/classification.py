@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_class_weight, check_positive, check_range
+from .._checks import check_class_weight, check_number, check_positive, check_range
 from .._reduce import PerSample
 from ..registry import register_loss
 from ._base import Loss
@@ -351,15 +351,6 @@ class BinaryCrossEntropyLoss(Loss):
         return per_sample_reduce(loss, b.valid, n)
 
 
-def _real(value: float, arg: str) -> float:
-    """``value`` must be a finite real number (not a bool); returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{arg}` must be a real number; got {type(value).__name__} {value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`{arg}` must be finite; got {value!r}.")
-    return float(value)
-
-
 def _require_classes(c: Categorical, minimum: int = 2) -> int:
     k = c.logits.shape[1]
     if k < minimum:
@@ -448,7 +439,7 @@ class Poly1Loss(CategoricalLoss):
         super().__init__(
             weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
         )
-        self.epsilon = _real(epsilon, "epsilon")
+        self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
             raise ValueError(f"`epsilon` must be >= -1; got {epsilon!r}.")
 
@@ -504,14 +495,14 @@ class Poly1FocalLoss(FocalLoss):
         check_finite: bool = False,
     ) -> None:
         super().__init__(
-            gamma=_real(gamma, "gamma"),
+            gamma=check_number(gamma, "gamma"),
             alpha=alpha,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
             check_finite=check_finite,
         )
-        self.epsilon = _real(epsilon, "epsilon")
+        self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
             raise ValueError(f"`epsilon` must be >= -1; got {epsilon!r}.")
 
@@ -601,7 +592,7 @@ class CompSumLoss(CategoricalLoss):
         super().__init__(
             weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
         )
-        self.tau = check_positive(_real(tau, "tau"), "tau", allow_zero=True)
+        self.tau = check_positive(tau, "tau", allow_zero=True)
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         c = prepare_categorical(
@@ -703,7 +694,7 @@ class GCELoss(CompSumLoss):
         reduction: str = "mean",
         check_finite: bool = False,
     ) -> None:
-        q = check_range(_real(q, "q"), "q", 0.0, 1.0, closed="right")
+        q = check_range(q, "q", 0.0, 1.0, closed="right")
         super().__init__(
             1.0 + q,
             weight=weight,
@@ -756,7 +747,7 @@ class MAELoss(CompSumLoss):
 
 
 def _check_rce_a(A: float) -> float:
-    value = _real(A, "A")
+    value = check_number(A, "A")
     if value >= 0:
         raise ValueError(
             f"`A` (the value of log 0 in the reverse cross-entropy) must be < 0; got {A!r}."
@@ -850,8 +841,8 @@ class SymmetricCrossEntropyLoss(CategoricalLoss):
         super().__init__(
             weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
         )
-        self.alpha = check_positive(_real(alpha, "alpha"), "alpha", allow_zero=True)
-        self.beta = check_positive(_real(beta, "beta"), "beta", allow_zero=True)
+        self.alpha = check_positive(alpha, "alpha", allow_zero=True)
+        self.beta = check_positive(beta, "beta", allow_zero=True)
         self.A = _check_rce_a(A)
 
     def element_loss(self, c: Categorical) -> Tensor:
@@ -940,8 +931,8 @@ class NCERCELoss(CategoricalLoss):
         super().__init__(
             weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
         )
-        self.alpha = check_positive(_real(alpha, "alpha"), "alpha", allow_zero=True)
-        self.beta = check_positive(_real(beta, "beta"), "beta", allow_zero=True)
+        self.alpha = check_positive(alpha, "alpha", allow_zero=True)
+        self.beta = check_positive(beta, "beta", allow_zero=True)
         self.A = _check_rce_a(A)
 
     def element_loss(self, c: Categorical) -> Tensor:
@@ -1001,9 +992,9 @@ class SphericalZLoss(CategoricalLoss):
         super().__init__(
             weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
         )
-        self.a = check_positive(_real(a, "a"), "a")
-        self.b = _real(b, "b")
-        self.eps = check_positive(_real(eps, "eps"), "eps")
+        self.a = check_positive(a, "a")
+        self.b = check_number(b, "b")
+        self.eps = check_positive(eps, "eps")
 
     def element_loss(self, c: Categorical) -> Tensor:
         k = _require_classes(c)
@@ -1051,7 +1042,7 @@ class LogitZRegularizer(CategoricalLoss):
         check_finite: bool = False,
     ) -> None:
         super().__init__(ignore_index=ignore_index, reduction=reduction, check_finite=check_finite)
-        self.kappa = check_positive(_real(kappa, "kappa"), "kappa", allow_zero=True)
+        self.kappa = check_positive(kappa, "kappa", allow_zero=True)
 
     def element_loss(self, c: Categorical) -> Tensor:
         return self.kappa * torch.logsumexp(c.logits, dim=1).square()
