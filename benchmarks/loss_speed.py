@@ -35,6 +35,7 @@ from torch.utils import benchmark
 from lightning_losses import build_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block-s", type=float, default=None, help="seconds per timed block")
     parser.add_argument("--amp", action="store_true", help="also time bf16 autocast")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loss_speed.md"))
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_speed.md"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was given but CUDA is not available")
