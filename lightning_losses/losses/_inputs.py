@@ -36,22 +36,35 @@ class Binary(NamedTuple):
     valid: Tensor  # (N, P) bool
 
 
-def _upcast(x: Tensor) -> Tensor:
+def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _within(x: Tensor, low: float, high: float) -> bool:
+    """One pass (and one host read) telling whether every element lies in [low, high]."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool((lo >= low) & (hi <= high))
 
 
 def _values_known() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def prepare_categorical(
+def check_categorical(
     input: Tensor,
     target: Tensor,
     *,
     ignore_index: int = -100,
     allow_soft: bool = True,
     check_nan: bool = False,
-) -> Categorical:
+) -> Tensor:
+    """Validate logits and an index or soft target; return the element validity mask.
+
+    The mask has the target's layout without the class dimension, ``(N, *d)``: False where an
+    index target equals ``ignore_index``, all True for soft targets.
+    """
     check_tensor(input, "input")
     check_tensor(target, "target")
     check_float(input, "input")
@@ -62,7 +75,7 @@ def prepare_categorical(
     if check_nan:
         check_finite(input, "input")
     n, k = input.shape[0], input.shape[1]
-    logits = _upcast(input).movedim(1, -1).reshape(-1, k)
+    expected = (n, *input.shape[2:])
     if target.is_floating_point():
         if not allow_soft:
             raise TypeError(
@@ -74,10 +87,7 @@ def prepare_categorical(
                 f"a soft `target` must have the input's shape {tuple(input.shape)}; got "
                 f"{tuple(target.shape)}."
             )
-        soft = _upcast(target).movedim(1, -1).reshape(-1, k).to(logits.dtype)
-        valid = torch.ones(soft.shape[0], dtype=torch.bool, device=input.device)
-        return Categorical(logits, soft.argmax(-1), soft, valid, n)
-    expected = (n, *input.shape[2:])
+        return torch.ones(expected, dtype=torch.bool, device=input.device)
     if target.shape != expected:
         raise ValueError(
             f"`target` of class indices must have shape {expected} for input of shape "
@@ -85,16 +95,36 @@ def prepare_categorical(
         )
     if target.dtype == torch.bool:
         raise TypeError("`target` must hold integer class indices; got a bool tensor.")
-    flat = target.reshape(-1).long()
-    valid = flat != ignore_index
-    if _values_known():
-        bad = valid & ((flat < 0) | (flat >= k))
+    valid = target != ignore_index
+    if _values_known() and not _within(target, 0, k - 1):
+        bad = valid & ((target < 0) | (target >= k))
         if bool(bad.any()):
-            vals = sorted(set(flat[bad].tolist()))[:5]
+            vals = sorted(set(target[bad].tolist()))[:5]
             raise ValueError(
                 f"`target` holds labels outside [0, {k - 1}] (input has {k} classes) that are not "
                 f"`ignore_index`={ignore_index}: {vals}."
             )
+    return valid
+
+
+def prepare_categorical(
+    input: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    allow_soft: bool = True,
+    check_nan: bool = False,
+) -> Categorical:
+    """Validate (see :func:`check_categorical`) and flatten to rows ``(M, K)``."""
+    valid = check_categorical(
+        input, target, ignore_index=ignore_index, allow_soft=allow_soft, check_nan=check_nan
+    ).reshape(-1)
+    n, k = input.shape[0], input.shape[1]
+    logits = upcast(input).movedim(1, -1).reshape(-1, k)
+    if target.is_floating_point():
+        soft = upcast(target).movedim(1, -1).reshape(-1, k).to(logits.dtype)
+        return Categorical(logits, soft.argmax(-1), soft, valid, n)
+    flat = target.reshape(-1).long()
     return Categorical(logits, torch.where(valid, flat, 0), None, valid, n)
 
 
@@ -118,11 +148,11 @@ def prepare_binary(
     if check_nan:
         check_finite(input, "input")
     n = input.shape[0]
-    logits = _upcast(input).reshape(n, -1)
+    logits = upcast(input).reshape(n, -1)
     t = target.reshape(n, -1)
     valid = t != ignore_index
     t = torch.where(valid, t, torch.zeros_like(t)).to(logits.dtype)
-    if _values_known():
+    if _values_known() and not _within(t, 0, 1):
         bad = valid & ((t < 0) | (t > 1))
         if bool(bad.any()):
             vals = sorted(set(t[bad].tolist()))[:5]

@@ -20,7 +20,14 @@ from .._checks import check_class_weight, check_number, check_positive, check_ra
 from .._reduce import PerSample
 from ..registry import register_loss
 from ._base import Loss
-from ._inputs import Categorical, per_sample_reduce, prepare_binary, prepare_categorical
+from ._inputs import (
+    Categorical,
+    check_categorical,
+    per_sample_reduce,
+    prepare_binary,
+    prepare_categorical,
+    upcast,
+)
 
 
 class CategoricalLoss(Loss):
@@ -139,24 +146,27 @@ class CrossEntropyLoss(CategoricalLoss):
         )
         self.label_smoothing = check_range(label_smoothing, "label_smoothing", 0.0, 1.0)
 
-    def class_weight(self, c: Categorical) -> Tensor | None:
-        return None  # the weight enters the formula itself, per class
-
-    def element_loss(self, c: Categorical) -> Tensor:
-        logp = F.log_softmax(c.logits, dim=1)
-        k = logp.shape[1]
-        w = self.weight.to(logp.dtype) if self.weight.numel() else None
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        # The formula is torch's own cross-entropy element for element; its fused kernel works on
+        # the (N, K, *d) layout directly, with no copy to rows.
+        valid = check_categorical(
+            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+        )
+        x = upcast(input)
+        k = x.shape[1]
+        w = self.weight.to(x.dtype) if self.weight.numel() else None
         if w is not None and w.numel() != k:
             raise ValueError(f"`weight` has {w.numel()} entries but the input has {k} classes.")
-        wlogp = logp * w if w is not None else logp
-        eps = self.label_smoothing
-        if c.soft is not None:
-            q = c.soft * (1 - eps) + eps / k if eps > 0 else c.soft
-            return -(q * wlogp).sum(1)
-        nll = -wlogp.gather(1, c.target[:, None]).squeeze(1)
-        if eps == 0:
-            return nll
-        return (1 - eps) * nll - eps * wlogp.mean(1)
+        t = upcast(target).to(x.dtype) if target.is_floating_point() else target
+        loss = F.cross_entropy(
+            x,
+            t,
+            weight=w,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            reduction="none",
+        )
+        return per_sample_reduce(loss, valid, x.shape[0])
 
 
 @register_loss(
@@ -305,8 +315,8 @@ class BinaryCrossEntropyLoss(Loss):
     .. math::
         \ell_{k} = -w_k \big[v_k\, t_k \log p_k + (1 - t_k) \log(1 - p_k)\big]
 
-    computed with ``logsigmoid`` (log space). The per-sample value is the mean over the
-    sample's non-ignored elements, so ``"mean"`` equals
+    computed in log space by torch's fused ``binary_cross_entropy_with_logits``. The per-sample
+    value is the mean over the sample's non-ignored elements, so ``"mean"`` equals
     ``torch.nn.functional.binary_cross_entropy_with_logits(..., reduction="mean")`` when nothing
     is ignored.
 
@@ -342,12 +352,18 @@ class BinaryCrossEntropyLoss(Loss):
         )
         x, t = b.logits, b.target
         n = x.shape[0]
-        pos = -F.logsigmoid(x) * t
-        if self.pos_weight.numel():
-            pos = pos * per_class_factor(self.pos_weight.to(x.dtype), input.shape, n)
-        loss = pos - F.logsigmoid(-x) * (1 - t)
-        if self.weight.numel():
-            loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, n)
+        w = (
+            per_class_factor(self.weight.to(x.dtype), input.shape, n)
+            if self.weight.numel()
+            else None
+        )
+        v = (
+            per_class_factor(self.pos_weight.to(x.dtype), input.shape, n)
+            if self.pos_weight.numel()
+            else None
+        )
+        # torch's fused kernel computes exactly this formula, stably (log-sum-exp form).
+        loss = F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=v, reduction="none")
         return per_sample_reduce(loss, b.valid, n)
 
 
