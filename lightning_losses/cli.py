@@ -2,6 +2,7 @@
 
     lightning-losses list [--family FAMILY]   one line per loss: name, family, context, summary
     lightning-losses info NAME                formula, defaults and reference of one loss
+    lightning-losses reference                every loss card as Markdown (docs/losses/reference.md)
 
 The recipes have their own LightningCLI scripts under ``recipes/``.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .registry import FAMILIES, list_losses, loss_info
+from .registry import FAMILIES, list_losses, loss_info, render_reference
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -30,6 +31,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_reference())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-losses", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="formula, defaults and reference of one loss")
     p_info.add_argument("name")
     p_info.set_defaults(func=_cmd_info)
+    p_ref = sub.add_parser("reference", help="every loss card as Markdown")
+    p_ref.set_defaults(func=_cmd_reference)
     return parser
 
 

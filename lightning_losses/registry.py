@@ -119,6 +119,26 @@ def loss_info(name: str) -> LossInfo:
     return _REGISTRY[name]
 
 
+def render_reference() -> str:
+    """The loss reference in Markdown, made from the registry: one card per loss, by family.
+
+    Each card is :meth:`LossInfo.describe`: the docstring with its formula, the defaults read
+    from the constructor and the reference, so the documentation cannot drift from the code.
+    """
+    lines = [
+        "# Loss reference",
+        "",
+        "Generated from the docstrings by `lightning-losses reference > docs/losses/reference.md`;",
+        "do not edit by hand. The family pages next to this file explain the choices.",
+    ]
+    for family in FAMILIES:
+        lines += ["", f"## {family}"]
+        for name in list_losses(family):
+            info = loss_info(name)
+            lines += ["", f"### `{name}`", "", info.summary, "", "```text", info.describe(), "```"]
+    return "\n".join(lines) + "\n"
+
+
 def build_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered loss ``name`` with constructor arguments ``kwargs``.
 
