@@ -105,7 +105,6 @@ class LossMixin:
             n: (t.values if isinstance(t.values, PerSample) else PerSample(t.values))
             for n, t in terms.items()
         }
-        total = sum(t.weight * values[n].values for n, t in terms.items())
         n = main.values.shape[0]
         for name, v in values.items():
             if v.values.shape != (n,):
@@ -113,6 +112,7 @@ class LossMixin:
                     f"loss term {name!r} must have one value per sample, shape ({n},); got "
                     f"{tuple(v.values.shape)}."
                 )
+        total = sum(t.weight * values[name].values for name, t in terms.items())
 
         sample_weight = None
         detached_total = total.detach()
