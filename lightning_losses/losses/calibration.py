@@ -37,7 +37,7 @@ from torch import Tensor
 from .._checks import check_choice, check_positive
 from .._reduce import PerSample
 from ..registry import register_loss
-from ._inputs import Categorical, per_sample_reduce, prepare_categorical
+from ._inputs import Categorical
 from .classification import CategoricalLoss, log_one_minus_p_target
 
 BASES = ("cross_entropy", "focal")
@@ -106,18 +106,8 @@ class _BatchPenaltyLoss(CategoricalLoss):
         return loss
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        c = prepare_categorical(
-            input,
-            target,
-            ignore_index=self.ignore_index,
-            allow_soft=False,
-            check_nan=self.check_finite,
-        )
-        loss = self.element_loss(c)
-        w = self.class_weight(c)
-        if w is not None:
-            loss = loss * w
-        base = per_sample_reduce(loss, c.valid, c.batch_size)
+        c = self.prepare(input, target)
+        base = self.reduce_elements(c)
         return PerSample(base.values + self.beta * self.penalty(c), base.valid)
 
     def extra_repr(self) -> str:

@@ -68,19 +68,26 @@ class CategoricalLoss(Loss):
         w = self.weight.to(c.logits.dtype)
         return c.soft @ w if c.soft is not None else w[c.target]
 
-    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        c = prepare_categorical(
+    def prepare(self, input: Tensor, target: Tensor) -> Categorical:
+        """Validate and flatten to rows, with this loss's ``ignore_index`` and target rules."""
+        return prepare_categorical(
             input,
             target,
             ignore_index=self.ignore_index,
             allow_soft=self.allow_soft_target,
             check_nan=self.check_finite,
         )
+
+    def reduce_elements(self, c: Categorical) -> PerSample:
+        """Element losses times the class weight, folded to one value per sample."""
         loss = self.element_loss(c)
         w = self.class_weight(c)
         if w is not None:
             loss = loss * w
         return per_sample_reduce(loss, c.valid, c.batch_size)
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        return self.reduce_elements(self.prepare(input, target))
 
 
 def log_one_minus_p_target(logits: Tensor, target: Tensor) -> Tensor:
