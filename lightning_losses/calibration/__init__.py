@@ -11,16 +11,24 @@ and post-hoc temperature scaling on a validation split::
 
     scaler = TemperatureScaler().fit(val_logits, val_labels)
     calibrated_logits = scaler(test_logits)
+
+or a per-sample temperature trained with the correctness-aware loss::
+
+    cal = CorrectnessAwareCalibrator().fit(val_logits, val_labels)
+    calibrated_logits = cal(test_logits)
 """
 
+from .correctness import CorrectnessAwareCalibrator, augmentation_views
 from .plots import plot_reliability_diagram
 from .report import CalibrationReport, adaptive_calibration_error, reliability_bins
 from .temperature import TemperatureScaler, fit_temperature
 
 __all__ = [
     "CalibrationReport",
+    "CorrectnessAwareCalibrator",
     "TemperatureScaler",
     "adaptive_calibration_error",
+    "augmentation_views",
     "fit_temperature",
     "plot_reliability_diagram",
     "reliability_bins",

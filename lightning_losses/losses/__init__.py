@@ -1,7 +1,7 @@
 """Loss families. Importing this package registers every loss."""
 
 from ._base import ClassCountsLoss, Loss
-from .calibration import DCALoss, MDCALoss
+from .calibration import CorrectnessAwareLoss, DCALoss, MDCALoss
 from .classification import (
     BinaryCrossEntropyLoss,
     BinaryFocalLoss,
@@ -45,6 +45,7 @@ __all__ = [
     "ClassBalancedLoss",
     "ClassCountsLoss",
     "CompSumLoss",
+    "CorrectnessAwareLoss",
     "CrossEntropyLoss",
     "DCALoss",
     "DistributionBalancedLoss",

@@ -1,7 +1,7 @@
-r"""Train-time calibration losses: a classification loss plus a batch calibration penalty.
+r"""Calibration losses: MDCA and DCA (train time) and the correctness-aware loss (post hoc).
 
-Both losses here add a penalty that is a statistic of the whole batch (a difference of batch
-means), not a sum of per-sample terms. Under the library's per-sample contract
+MDCA and DCA add to a classification loss a penalty that is a statistic of the whole batch (a
+difference of batch means), not a sum of per-sample terms. Under the library's per-sample contract
 (``reduction="none"`` returns ``(N,)``) the penalty is **broadcast**: every valid sample
 carries the same value :math:`\beta R`, so that
 
@@ -242,3 +242,74 @@ class DCALoss(_BatchPenaltyLoss):
 
     def penalty(self, c: Categorical) -> Tensor:
         return dca_penalty(c)
+
+
+def correctness_aware_element(c: Categorical) -> Tensor:
+    r"""Squared gap between top-label confidence and correctness, :math:`(c_i - a_i)^2`, per row.
+
+    The confidence is taken in log space, :math:`\log c = \max_k z_k - \mathrm{logsumexp}_k z_k`
+    (so :math:`c` is finite and its gradient bounded at saturated logits); the correctness
+    :math:`a_i = 1[\arg\max_k z_{ik} = y_i]` is piecewise constant and carries no gradient.
+    """
+    log_p = F.log_softmax(c.logits, dim=1)
+    log_conf, prediction = log_p.max(dim=1)
+    correct = (prediction == c.target).to(log_p.dtype)
+    return (torch.exp(log_conf) - correct).square()
+
+
+@register_loss(
+    "correctness_aware",
+    family="calibration",
+    paper="Liu et al., Optimizing Calibration by Gaining Aware of Prediction Correctness, "
+    "arXiv 2024",
+)
+class CorrectnessAwareLoss(CategoricalLoss):
+    r"""Correctness-aware (CA) loss: pull the top-label confidence towards 0/1 correctness.
+
+    The loss of a post-hoc calibrator. With the calibrated logits :math:`z_i` (for example
+    :math:`z_i = x_i / T(x_i)`, the output of
+    :class:`~lightning_losses.calibration.CorrectnessAwareCalibrator`),
+    confidence :math:`c_i = \max_k \mathrm{softmax}(z_i)_k` and correctness
+    :math:`a_i = 1[\arg\max_k z_{ik} = y_i]`:
+
+    .. math::
+        \ell_i = w_{y_i}\,\big(c_i - a_i\big)^2,
+        \qquad \log c_i = \max_k z_{ik} - \log\sum_k e^{z_{ik}}
+
+    It raises the confidence of correctly predicted samples and lowers that of wrongly
+    predicted ones, whatever the probability of the true class; cross-entropy instead raises
+    :math:`p_{y}` and can raise the confidence of a narrowly wrong prediction. A positive
+    per-sample temperature does not move the arg-max, so :math:`a_i` is the correctness of the
+    *original* prediction; the gradient flows through :math:`c_i` only.
+
+    The authors' code weighs correct samples by :math:`1-\mathrm{acc}` and wrong ones by
+    :math:`\mathrm{acc}` (acc: the accuracy of the batch) and normalises by the sum of the
+    weights; that balance is a batch statistic and is left to the caller (``sample_weight``;
+    ``CorrectnessAwareCalibrator.fit`` applies it), so each value here is the sample's own.
+
+    Args:
+        weight: per-class weights :math:`w` (K,), or None (the paper: none).
+        ignore_index: index targets equal to it are skipped.
+
+    Shape: input (N, K) or (N, K, *d) logits; target (N,) / (N, *d) class indices (soft targets
+    are rejected: correctness needs a hard label).
+
+    Example:
+        >>> loss = CorrectnessAwareLoss()
+        >>> loss(torch.randn(8, 10), torch.randint(0, 10, (8,)))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+        )
+
+    def element_loss(self, c: Categorical) -> Tensor:
+        return correctness_aware_element(c)
