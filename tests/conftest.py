@@ -6,12 +6,18 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from lightning_losses import build_loss, loss_info
 from lightning_losses.losses import ClassCountsLoss
 
 # Keep the suite fast and deterministic on a 2-core machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under CI, hypothesis draws the same examples every run (a failure reproduces from the log);
+# locally it explores new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def ready_loss(name: str, num_classes: int = 5, **kwargs) -> torch.nn.Module:
