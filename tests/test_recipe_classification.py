@@ -62,6 +62,8 @@ def test_count_aware_and_multilabel_losses_train_on_long_tailed_digits(tmp_path,
         loss,
         "--model.loss_kwargs",
         kwargs,
+        "--model.head",
+        "cosine" if loss == "ldam" else "linear",
         "--data.imbalance_factor",
         "10",
     )

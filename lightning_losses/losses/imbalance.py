@@ -295,7 +295,8 @@ class LDAMLoss(_CountsDerived):
         class_counts: training-set counts (K,), or None to be set later.
         max_margin: :math:`m`, the largest margin; 0.5 (paper).
         scale: :math:`s`; 30 (authors' code, needed because the margins are on the logit scale
-            of normalised features).
+            of normalised features: pair it with a cosine classifier head, as the authors do;
+            with a plain linear head the logits are unbounded and a scale near 1 fits).
         drw_epoch: first epoch with class-balanced weights; None (no DRW). The paper uses 160
             of 200 epochs on CIFAR.
         drw_beta: :math:`\beta` of the DRW weights; 0.9999 (paper).

@@ -18,15 +18,32 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from .._checks import check_choice
 from ..calibration import CalibrationReport, TemperatureScaler
 from ..data import ClassificationDataModule
 from ..mixins import LossMixin
 from ..registry import build_loss
 from .report import format_table, write_report
+
+
+class CosineClassifier(nn.Module):
+    r"""Cosine-similarity head: :math:`z_k = \cos(x, w_k)`, logits in [-1, 1].
+
+    The normalised linear layer that margin losses on a fixed logit scale (LDAM with
+    ``scale=30``) are designed for.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
 
 
 class ClassificationModule(LossMixin, L.LightningModule):
@@ -39,6 +56,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
             no weights can be downloaded at run time). ``checkpoint_path`` loads a local file.
         loss: a registered loss name (``lightning-losses list``); ``loss_kwargs`` its options.
             Multi-label losses (``binary_focal``, ``asl``, ...) get one-hot targets.
+        head: ``"linear"`` (timm's own classifier) or ``"cosine"`` (:class:`CosineClassifier`,
+            for margin losses with a fixed scale such as LDAM).
         lr, weight_decay: AdamW, with a cosine schedule over all training steps.
         n_bins: calibration bins for ECE and the reliability diagram (15, Guo et al. 2017).
         temperature_scaling: before testing, fit a temperature on the validation split (Guo et
@@ -55,6 +74,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
         checkpoint_path: str | None = None,
         loss: str = "cross_entropy",
         loss_kwargs: dict[str, Any] | None = None,
+        head: str = "linear",
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         n_bins: int = 15,
@@ -62,12 +82,16 @@ class ClassificationModule(LossMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_choice(head, ("linear", "cosine"), "head")
         self.net = timm.create_model(
             backbone,
             pretrained=pretrained or checkpoint_path is not None,
             pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
-            num_classes=num_classes,
+            num_classes=num_classes if head == "linear" else 0,
             in_chans=in_chans,
+        )
+        self.head = (
+            CosineClassifier(self.net.num_features, num_classes) if head == "cosine" else None
         )
         self.criterion = build_loss(loss, **(loss_kwargs or {}))
         self._multilabel_loss = self.criterion.target_kind == "multilabel"
@@ -87,7 +111,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
         self._reliability: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        features_or_logits = self.net(x)
+        return features_or_logits if self.head is None else self.head(features_or_logits)
 
     def _loss_target(self, y: Tensor, logits: Tensor) -> Tensor:
         if self._multilabel_loss:
