@@ -23,6 +23,7 @@ from .classification import (
     SumExpLoss,
     SymmetricCrossEntropyLoss,
 )
+from .dro import LDRKLLoss
 from .imbalance import (
     AsymmetricLoss,
     BalancedSoftmaxLoss,
@@ -53,6 +54,7 @@ __all__ = [
     "GCELoss",
     "GumbelLoss",
     "LDAMLoss",
+    "LDRKLLoss",
     "LogitAdjustedLoss",
     "LogitZRegularizer",
     "Loss",
