@@ -11,6 +11,7 @@ from .image_folder import (
     load_image,
 )
 from .long_tail import long_tail_counts, long_tail_indices, stratified_split
+from .spurious import SpuriousDigits, SpuriousDigitsDataModule, spurious_digits_splits
 
 __all__ = [
     "DIGITS_CLASSES",
@@ -18,6 +19,8 @@ __all__ = [
     "ClassificationDataModule",
     "DigitsDataset",
     "ImageFolderDataset",
+    "SpuriousDigits",
+    "SpuriousDigitsDataModule",
     "channel_stats",
     "digits_labels",
     "folder_classes",
@@ -25,5 +28,6 @@ __all__ = [
     "load_image",
     "long_tail_counts",
     "long_tail_indices",
+    "spurious_digits_splits",
     "stratified_split",
 ]
