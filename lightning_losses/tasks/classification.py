@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from .._checks import check_choice
 from ..calibration import CalibrationReport, TemperatureScaler
 from ..data import ClassificationDataModule
+from ..metrics import GroupAccuracy
 from ..mixins import LossMixin
 from ..registry import build_loss
 from .report import format_table, write_report
@@ -63,6 +64,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
         temperature_scaling: before testing, fit a temperature on the validation split (Guo et
             al. 2017) and report the test calibration after scaling too (``*_temperature_scaled``
             keys; accuracy does not change).
+        num_groups: when batches are ``(image, label, group)``, also report accuracy per group,
+            the worst group's and their mean (``worst_group_accuracy``, ``mean_group_accuracy``).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
         weight_decay: float = 0.05,
         n_bins: int = 15,
         temperature_scaling: bool = True,
+        num_groups: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,6 +111,9 @@ class ClassificationModule(LossMixin, L.LightningModule):
         self.test_calibration = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
         self.test_calibration_scaled = CalibrationReport(num_classes=num_classes, n_bins=n_bins)
         self.temperature = TemperatureScaler()
+        if num_groups is not None:
+            self.val_groups = GroupAccuracy(num_groups)
+            self.test_groups = GroupAccuracy(num_groups)
         self.reports: dict[str, dict[str, float]] = {}
         self._reliability: dict[str, Any] = {}
 
@@ -120,18 +127,20 @@ class ClassificationModule(LossMixin, L.LightningModule):
         return y
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         return self.compute_loss(logits, self._loss_target(y, logits), batch=batch)
 
     def _eval_step(self, batch: Any, stage: str) -> None:
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         self.compute_loss(logits, self._loss_target(y, logits), batch=batch, stage=stage)
         getattr(self, f"{stage}_metrics").update(logits, y)
         getattr(self, f"{stage}_calibration").update(logits, y)
         if stage == "test" and self.hparams.temperature_scaling:
             self.test_calibration_scaled.update(self.temperature(logits), y)
+        if self.hparams.num_groups is not None:
+            getattr(self, f"{stage}_groups").update(logits, y, batch[2])
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -144,6 +153,11 @@ class ClassificationModule(LossMixin, L.LightningModule):
         calibration = getattr(self, f"{stage}_calibration").compute()
         for key in ("ece", "mce", "nll", "brier"):
             metrics[key] = float(calibration[key])
+        if self.hparams.num_groups is not None:
+            groups = getattr(self, f"{stage}_groups").compute()
+            metrics["worst_group_accuracy"] = float(groups["worst"])
+            metrics["mean_group_accuracy"] = float(groups["mean"])
+            getattr(self, f"{stage}_groups").reset()
         if stage == "test" and self.hparams.temperature_scaling:
             scaled = self.test_calibration_scaled.compute()
             metrics["temperature"] = float(self.temperature.temperature)
@@ -171,7 +185,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
             )
         logits, labels = [], []
         with torch.no_grad():
-            for x, y in datamodule.val_dataloader():
+            for x, y, *_ in datamodule.val_dataloader():
                 logits.append(self(x.to(self.device)).float())
                 labels.append(y.to(self.device))
         logits = self.all_gather(torch.cat(logits)).flatten(0, -2)

@@ -1,0 +1,5 @@
+"""torchmetrics metrics the library adds."""
+
+from .group_accuracy import GroupAccuracy
+
+__all__ = ["GroupAccuracy"]
