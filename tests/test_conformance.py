@@ -1,4 +1,4 @@
-"""Every registered loss against the shared contract (DESIGN.md, "Contracts").
+"""Every registered loss against the shared contract (docs/guide.md, "The loss contract").
 
 Parametrised over the registry, so a loss added to it is checked without writing a test.
 Tolerances: the bf16 check compares the loss on bf16 logits, computed under autocast, with the

@@ -113,7 +113,7 @@ class GroupDRO(L.Callback):
       training set, and then the worst-group training loss vanishes as well and group DRO does
       nothing. Sagawa et al. find that only with strong :math:`\ell_2` (weight decay well above
       the usual) or early stopping does group DRO improve worst-group test accuracy
-      (METHODS.md §2.1 of this project). Tune weight decay and stop on worst-group validation
+      (Sagawa et al., 2020). Tune weight decay and stop on worst-group validation
       accuracy.
 
     Args:

@@ -1,5 +1,5 @@
 """Classification losses on logits: cross-entropy, focal, and the noise-robust and
-calibration-minded variants of METHODS.md section 3.
+calibration-minded variants.
 
 Every loss here follows the contract of :class:`~lightning_losses.losses.Loss`: logits ``(N, K)``
 (or dense ``(N, K, *d)``), class indices or soft targets, ``ignore_index``, an optional per-class

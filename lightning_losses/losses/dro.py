@@ -1,4 +1,4 @@
-"""Distributionally robust losses of METHODS.md section 2 that act on the labels of one sample.
+"""Distributionally robust losses that act on the labels of one sample.
 
 The batch-level DRO best responses (CVaR, chi-square, KL, spectral risk, group DRO) are weights,
 not losses: they live in :mod:`lightning_losses.weighting.dro` and reach training through the

@@ -1,4 +1,4 @@
-r"""Losses for imbalanced and long-tailed data (METHODS.md section 4).
+r"""Losses for imbalanced and long-tailed data.
 
 Class-balanced re-weighting, LDAM with deferred re-weighting, logit adjustment, balanced softmax,
 the asymmetric loss and the distribution-balanced loss. The losses that depend on the class

@@ -1,7 +1,8 @@
 """Classification losses against naive float64 references, established libraries and identities.
 
-The references are written from the formulas in METHODS.md section 3 with explicit Python loops
-over samples and elements, using :mod:`math` on Python floats (no code from the package).
+The references are written from the papers' formulas (docs/losses/classification.md) with
+explicit Python loops over samples and elements, using :mod:`math` on Python floats (no code
+from the package).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def r_binary_focal_elem(x, t, gamma=2.0, alpha=0.25):
 
 
 def r_gumbel_elem(x, t):
-    # log eta = -e^{-x}; log(1 - eta) = log(-expm1(-e^{-x})) (METHODS 3.10), in float64.
+    # log eta = -e^{-x}; log(1 - eta) = log(-expm1(-e^{-x})), in float64.
     u = math.exp(-x)
     return -(t * -u + (1 - t) * math.log(-math.expm1(-u)))
 
