@@ -27,6 +27,7 @@ means, as in MDCA's segmentation experiments.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -66,7 +67,7 @@ def dca_penalty(c: Categorical) -> Tensor:
     return (_valid_mean(confidence, c.valid) - _valid_mean(correct, c.valid)).abs()
 
 
-class _BatchPenaltyLoss(CategoricalLoss):
+class _BatchPenaltyLoss(CategoricalLoss, abc.ABC):
     """Base loss (cross-entropy or focal) per element plus ``beta`` x a batch penalty."""
 
     #: Each per-sample value carries a term computed from the whole batch, so it changes when
@@ -96,8 +97,9 @@ class _BatchPenaltyLoss(CategoricalLoss):
             )
         self.gamma = check_positive(1.0 if gamma is None else gamma, "gamma", allow_zero=True)
 
+    @abc.abstractmethod
     def penalty(self, c: Categorical) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement penalty")
+        """The batch statistic :math:`R` (a scalar) of the flattened rows."""
 
     def element_loss(self, c: Categorical) -> Tensor:
         loss = -F.log_softmax(c.logits, dim=1).gather(1, c.target[:, None]).squeeze(1)
