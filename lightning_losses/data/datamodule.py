@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ._splits import SplitDataModule
 from .digits import DIGITS_CLASSES, DigitsDataset, check_image_options, digits_labels
 from .image_folder import (
     ImageFolderDataset,
@@ -41,7 +41,7 @@ def _check_fraction(value: float, arg: str) -> float:
     return float(value)
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(SplitDataModule):
     """Image classification data: the digits or a folder of images, optionally long-tailed.
 
     With ``data_dir=None`` the data is scikit-learn's 1,797 digits (10 classes, shipped with
@@ -220,26 +220,3 @@ class ClassificationDataModule(L.LightningDataModule):
             self.train_dataset = ImageFolderDataset(plan.train, classes, size, chans, mean, std)
             self.val_dataset = ImageFolderDataset(plan.val, classes, size, chans, mean, std)
             self.test_dataset = ImageFolderDataset(plan.test, classes, size, chans, mean, std)
-
-    def _loader(self, split: str) -> DataLoader[Any]:
-        self.setup()
-        shuffle = split == "train"
-        return DataLoader(
-            getattr(self, f"{split}_dataset"),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled with a generator seeded from ``seed``: the same order on every run."""
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")

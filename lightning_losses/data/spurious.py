@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
+from ._splits import SplitDataModule
 from .digits import _raw_digits, check_image_options, check_stats, digits_labels, safe_std
 from .long_tail import stratified_split
 
@@ -305,7 +303,7 @@ class SpuriousDigits(torch.utils.data.Dataset[tuple[Tensor, int, int]]):
         return self.images[index], int(self.targets[index]), int(self.groups[index])
 
 
-class SpuriousDigitsDataModule(L.LightningDataModule):
+class SpuriousDigitsDataModule(SplitDataModule):
     """Waterbirds-like group-shift data from the embedded digits, for group DRO.
 
     Batches are ``(images, labels, groups)``: float32 (B, in_chans, S, S), int64 (B,) labels
@@ -412,26 +410,3 @@ class SpuriousDigitsDataModule(L.LightningDataModule):
             mean=mean,
             std=std,
         )
-
-    def _loader(self, split: str) -> DataLoader[Any]:
-        self.setup()
-        shuffle = split == "train"
-        return DataLoader(
-            getattr(self, f"{split}_dataset"),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled with a generator seeded from ``seed``: the same order on every run."""
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
