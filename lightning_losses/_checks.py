@@ -63,6 +63,18 @@ def check_finite(x: Tensor, arg: str) -> None:
         )
 
 
+def check_int(value: object, arg: str, minimum: int | None = None) -> int:
+    """``value`` must be an int (not a bool), at least ``minimum`` when given."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (minimum is not None and value < minimum)
+    ):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"`{arg}` must be an integer{bound}; got {value!r}.")
+    return value
+
+
 def check_number(value: object, arg: str) -> float:
     """``value`` must be a finite real number (not a bool); returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_float, check_tensor
+from .._checks import check_finite, check_float, check_int, check_tensor
 
 
 def check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"`n_bins` must be an integer >= 1; got {n_bins!r}.")
+    check_int(n_bins, "n_bins", 1)
     return n_bins
 
 

@@ -38,17 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_float, check_tensor
+from .._checks import check_finite, check_float, check_int, check_tensor
 from ..losses.calibration import CorrectnessAwareLoss
 
 #: ITU-R BT.601 luma weights (torchvision's ``rgb_to_grayscale``).
 _LUMA = (0.299, 0.587, 0.114)
-
-
-def _check_int(value: int, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}; got {value!r}.")
-    return value
 
 
 def _check_positive_float(value: float, name: str) -> float:
@@ -137,9 +131,9 @@ class CorrectnessAwareCalibrator(nn.Module):
         t_max: float = 10.0,
     ) -> None:
         super().__init__()
-        self.num_views = _check_int(num_views, "num_views", 0)
-        self.top_k = _check_int(top_k, "top_k", 1)
-        self.hidden = _check_int(hidden, "hidden", 1)
+        self.num_views = check_int(num_views, "num_views", 0)
+        self.top_k = check_int(top_k, "top_k", 1)
+        self.hidden = check_int(hidden, "hidden", 1)
         self.t_min = _check_positive_float(t_min, "t_min")
         self.t_max = _check_positive_float(t_max, "t_max")
         if not self.t_min < self.t_max:
@@ -270,10 +264,10 @@ class CorrectnessAwareCalibrator(nn.Module):
             raise ValueError("`logits` has no sample to fit on (N = 0).")
         if bool(((labels < 0) | (labels >= k)).any()):
             raise ValueError(f"`labels` holds labels outside [0, {k - 1}] ({k} classes).")
-        _check_int(epochs, "epochs", 1)
+        check_int(epochs, "epochs", 1)
         lr = _check_positive_float(lr, "lr")
         if batch_size is not None:
-            _check_int(batch_size, "batch_size", 1)
+            check_int(batch_size, "batch_size", 1)
         z = logits.detach().to(self.head.weight.dtype)
         u = self.cues(logits, views)  # fixed inputs: computed once
         y = labels.detach().long()

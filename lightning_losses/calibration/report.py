@@ -38,6 +38,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_calibration_error
 from torchmetrics.utilities import dim_zero_cat
 
+from .._checks import check_int
 from ._inputs import check_n_bins, flatten_scores
 
 
@@ -183,8 +184,7 @@ class CalibrationReport(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an integer >= 2; got {num_classes!r}.")
+        check_int(num_classes, "num_classes", 2)
         self.num_classes = num_classes
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = from_logits

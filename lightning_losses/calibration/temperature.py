@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ._inputs import flatten_scores
 
 
@@ -56,8 +57,7 @@ def fit_temperature(
     Returns:
         The fitted temperature as a Python float.
     """
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"`max_iter` must be an integer >= 1; got {max_iter!r}.")
+    check_int(max_iter, "max_iter", 1)
     z, y = flatten_scores(logits, labels, scores_arg="logits", ignore_index=ignore_index)
     if z.shape[0] == 0:
         raise ValueError("`labels` has no element to fit on (all are `ignore_index` or N = 0).")

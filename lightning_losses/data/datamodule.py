@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._checks import check_int
 from ._splits import SplitDataModule
 from .digits import DIGITS_CLASSES, DigitsDataset, check_image_options, digits_labels
 from .image_folder import (
@@ -103,10 +104,8 @@ class ClassificationDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         check_image_options(image_size, in_chans)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be an integer >= 0; got {num_workers!r}.")
+        check_int(batch_size, "batch_size", 1)
+        check_int(num_workers, "num_workers", 0)
         val_fraction = _check_fraction(val_fraction, "val_fraction")
         test_fraction = _check_fraction(test_fraction, "test_fraction")
         if val_fraction + test_fraction >= 1.0:
@@ -115,8 +114,7 @@ class ClassificationDataModule(SplitDataModule):
                 f"got {val_fraction} + {test_fraction}."
             )
         imbalance_factor = check_imbalance_factor(imbalance_factor)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"`seed` must be an integer; got {seed!r}.")
+        check_int(seed, "seed")
         self.save_hyperparameters()
 
         self.data_dir: Path | None = None if data_dir is None else Path(data_dir)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._checks import check_int
+
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 """Class names of the digits set, in label order."""
 
@@ -41,8 +43,7 @@ def digits_labels() -> np.ndarray:
 
 def check_image_options(image_size: int, in_chans: int) -> None:
     """``image_size`` must be an int >= 8 and ``in_chans`` 1 (grey) or 3 (RGB)."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"`image_size` must be an integer >= 8; got {image_size!r}.")
+    check_int(image_size, "image_size", 8)
     if in_chans not in (1, 3) or isinstance(in_chans, bool):
         raise ValueError(f"`in_chans` must be 1 (grey) or 3 (RGB); got {in_chans!r}.")
 

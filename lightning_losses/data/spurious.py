@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_int
 from ._splits import SplitDataModule
 from .digits import _raw_digits, check_image_options, check_stats, digits_labels, safe_std
 from .long_tail import stratified_split
@@ -77,8 +78,7 @@ def _check_fraction(value: float, arg: str) -> float:
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an integer; got {seed!r}.")
+    check_int(seed, "seed")
     return seed
 
 
@@ -350,10 +350,8 @@ class SpuriousDigitsDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         check_image_options(image_size, in_chans)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}.")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"`num_workers` must be an integer >= 0; got {num_workers!r}.")
+        check_int(batch_size, "batch_size", 1)
+        check_int(num_workers, "num_workers", 0)
         # Validates correlation, fractions and seed, and checks that no group is empty.
         plan = spurious_digits_splits(correlation, val_fraction, test_fraction, seed)
         self.save_hyperparameters()

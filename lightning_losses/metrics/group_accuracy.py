@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from .._checks import check_int
+
 
 class GroupAccuracy(Metric):
     r"""Top-1 accuracy within each group, the worst group's and their unweighted mean.
@@ -27,8 +29,7 @@ class GroupAccuracy(Metric):
 
     def __init__(self, num_groups: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"`num_groups` must be an integer >= 1; got {num_groups!r}.")
+        check_int(num_groups, "num_groups", 1)
         self.num_groups = num_groups
         self.add_state("correct", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(num_groups, dtype=torch.long), dist_reduce_fx="sum")

@@ -31,7 +31,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_finite, check_positive, check_range, check_tensor
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_positive,
+    check_range,
+    check_tensor,
+)
 
 #: Bisection steps of every dual solver. Each step halves the bracket, so 100 steps reach the
 #: resolution of float64 for any bracket a batch of finite losses can produce.
@@ -278,8 +285,7 @@ def kl_weights(losses: Tensor, temperature: float) -> Tensor:
 
 
 def _grid(m: int, device: torch.device | str | None) -> Tensor:
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"`m` must be a positive integer (the batch size); got {m!r}.")
+    check_int(m, "m", 1)
     return torch.arange(m + 1, dtype=_WORK, device=device) / m
 
 

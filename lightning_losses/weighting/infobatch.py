@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_number, check_tensor
+from .._checks import check_finite, check_int, check_number, check_tensor
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -111,12 +111,6 @@ def _check_delta(delta: float) -> float:
     return d
 
 
-def _check_int(value: object, arg: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{arg}` must be an int >= {low}; got {value!r}.")
-    return value
-
-
 def _check_scores(scores: object) -> Tensor:
     check_tensor(scores, "scores")
     if scores.ndim != 1 or scores.numel() == 0 or not scores.is_floating_point():
@@ -134,7 +128,7 @@ def num_kept_candidates(num_candidates: int, prune_ratio: float) -> int:
     Halves round up. At least one candidate stays so that the candidates' gradient is carried
     by someone (the weight ``|E|/m`` is then finite and E[w_i] = 1 holds).
     """
-    _check_int(num_candidates, "num_candidates", 0)
+    check_int(num_candidates, "num_candidates", 0)
     r = _check_prune_ratio(prune_ratio)
     if num_candidates == 0:
         return 0
@@ -203,7 +197,7 @@ def infobatch_stop_epoch(max_epochs: int, delta: float = DEFAULT_DELTA) -> int:
     ``counter <= num_epochs * delta`` (``IBSampler.reset``), i.e. for ``epoch < floor(δ·T)``.
     δ·T is rounded to 9 decimals first, so that 0.29 × 100 counts as 29, not 28.999….
     """
-    _check_int(max_epochs, "max_epochs", 1)
+    check_int(max_epochs, "max_epochs", 1)
     d = _check_delta(delta)
     return math.floor(round(d * max_epochs, 9))
 
@@ -215,7 +209,7 @@ def infobatch_active(epoch: int, max_epochs: int, delta: float = DEFAULT_DELTA) 
     since all its scores equal the initial 3.0 and none is below the mean). With T = 200 and
     δ = 0.875, epochs 1–174 prune and epochs 175–199 train on all data.
     """
-    _check_int(epoch, "epoch", 0)
+    check_int(epoch, "epoch", 0)
     stop = infobatch_stop_epoch(max_epochs, delta)
     return 1 <= epoch < stop
 
@@ -259,9 +253,9 @@ def expected_total_steps(
     :func:`expected_epoch_size`) for a tighter number. Optimiser steps are these batches divided
     by gradient accumulation.
     """
-    n = _check_int(num_samples, "num_samples", 1)
-    bs = _check_int(batch_size, "batch_size", 1)
-    _check_int(world_size, "world_size", 1)
+    n = check_int(num_samples, "num_samples", 1)
+    bs = check_int(batch_size, "batch_size", 1)
+    check_int(world_size, "world_size", 1)
     f = check_number(candidate_fraction, "candidate_fraction")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"`candidate_fraction` must lie in [0, 1]; got {candidate_fraction!r}.")
@@ -283,9 +277,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     The two integers are mixed with SplitMix64, so neighbouring seeds and epochs give unrelated
     streams (``seed + epoch`` would give seed 1 / epoch 2 the stream of seed 2 / epoch 1).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an int; got {seed!r}.")
-    _check_int(epoch, "epoch", 0)
+    check_int(seed, "seed")
+    check_int(epoch, "epoch", 0)
     mixed = _splitmix64(_splitmix64(seed & _MASK64) ^ (epoch & _MASK64))
     return torch.Generator(device="cpu").manual_seed(mixed & (_MASK64 >> 1))
 

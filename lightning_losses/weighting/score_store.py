@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_number, check_tensor
+from .._checks import check_finite, check_int, check_number, check_tensor
 
 __all__ = ["ScoreStore", "gather_updates"]
 
@@ -75,8 +75,7 @@ class ScoreStore(nn.Module):
         momentum: float = 0.9,
     ) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"`num_samples` must be a positive int; got {num_samples!r}.")
+        check_int(num_samples, "num_samples", 1)
         self.initial_score = check_number(initial_score, "initial_score")
         self.momentum = check_number(momentum, "momentum")
         if not 0.0 <= self.momentum < 1.0:
@@ -109,8 +108,7 @@ class ScoreStore(nn.Module):
         to the store's device.
         """
         indices, losses = _check_update(indices, losses)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"`epoch` must be a non-negative int; got {epoch!r}.")
+        check_int(epoch, "epoch", 0)
         if indices.numel() == 0:
             return
         if int(indices.min()) < 0 or int(indices.max()) >= self.num_samples:
