@@ -2,5 +2,13 @@
 
 from .dro_weighting import DROWeighting
 from .group_dro import GroupDRO
+from .infobatch import InfoBatch, estimated_stepping_batches
+from .sampler_owner import TrainSamplerOwner
 
-__all__ = ["DROWeighting", "GroupDRO"]
+__all__ = [
+    "DROWeighting",
+    "GroupDRO",
+    "InfoBatch",
+    "TrainSamplerOwner",
+    "estimated_stepping_batches",
+]

@@ -18,7 +18,7 @@ trainer, ``index`` from the batch, and, once, class counts from the datamodule's
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,13 +31,22 @@ from .protocols import LossObserver, LossTerm, LossTermProvider, SampleWeighter
 CRITERION_ATTRS = ("criterion", "loss_fn")
 
 
-def batch_indices(batch: Any) -> Tensor:
-    """Dataset indices of the samples in ``batch`` (a mapping with an ``"index"`` entry)."""
+def batch_indices(batch: Any, callbacks: Sequence[Any] = ()) -> Tensor:
+    """Dataset indices of the samples in ``batch``.
+
+    From the batch itself when it is a mapping with an ``"index"`` entry, else from the index
+    channel of a callback that owns the training sampler (its ``batch_indices``).
+    """
     if isinstance(batch, Mapping) and "index" in batch:
         return torch.as_tensor(batch["index"])
+    for cb in callbacks:
+        indices = getattr(cb, "batch_indices", None)
+        if isinstance(indices, Tensor):
+            return indices
     raise ValueError(
-        "this loss needs the dataset index of each sample (context 'index'), but the batch "
-        f"carries none: expected a mapping with an 'index' entry, got {type(batch).__name__}."
+        "this loss needs the dataset index of each sample (context 'index'), but none is "
+        "available: give the batch an 'index' entry (a mapping batch), or train with a callback "
+        f"that owns the training sampler (InfoBatch); got a {type(batch).__name__} batch."
     )
 
 
@@ -166,7 +175,11 @@ class LossMixin:
             if token == "epoch":
                 context["epoch"] = self._trainer.current_epoch if self._attached() else 0
             elif token == "index":
-                context["index"] = batch_indices(batch)
+                # the index channel of a sampler owner describes training batches only
+                training = self._attached() and self._trainer.training
+                context["index"] = batch_indices(
+                    batch, self._pipeline_callbacks() if training else ()
+                )
         return context
 
     def _give_class_counts(self, root: nn.Module) -> None:

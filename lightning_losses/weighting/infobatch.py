@@ -236,8 +236,10 @@ def expected_total_steps(
     *,
     candidate_fraction: float = 0.5,
     world_size: int = 1,
+    accumulate_grad_batches: int = 1,
+    limit_batches: int | float = 1.0,
 ) -> int:
-    """Estimated number of batches per rank over the whole run, before the scores exist.
+    """Estimated number of optimizer steps over the whole run, before the scores exist.
 
     Epoch 0 and epochs ``>= floor(δ·T)`` see all ``N`` samples; each pruning epoch sees
     ``N - |E| + m`` with ``|E| = round(candidate_fraction·N)``. Each epoch's samples are split
@@ -251,11 +253,23 @@ def expected_total_steps(
     in its curve rather than being stepped past its end (``OneCycleLR`` raises there). Once
     scores exist, pass the measured ``|E|/N`` (or recompute per epoch with
     :func:`expected_epoch_size`) for a tighter number. Optimiser steps are these batches divided
-    by gradient accumulation.
+    by gradient accumulation, per epoch and rounded up (Lightning steps on an epoch's last
+    batch), so with ``accumulate_grad_batches=1`` they are the batches per rank.
+    ``limit_batches`` caps each epoch as Lightning's ``limit_train_batches`` does: an int is a
+    maximum number of batches, a float the fraction of them kept (rounded down).
     """
     n = check_int(num_samples, "num_samples", 1)
     bs = check_int(batch_size, "batch_size", 1)
     check_int(world_size, "world_size", 1)
+    accumulate = check_int(accumulate_grad_batches, "accumulate_grad_batches", 1)
+    if isinstance(limit_batches, bool) or not (
+        (isinstance(limit_batches, int) and limit_batches >= 0)
+        or (isinstance(limit_batches, float) and 0.0 <= limit_batches <= 1.0)
+    ):
+        raise ValueError(
+            "`limit_batches` must be an int >= 0 (batches per epoch) or a float in [0, 1] (the "
+            f"fraction kept); got {limit_batches!r}."
+        )
     f = check_number(candidate_fraction, "candidate_fraction")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"`candidate_fraction` must lie in [0, 1]; got {candidate_fraction!r}.")
@@ -265,7 +279,9 @@ def expected_total_steps(
 
     def batches(size: int) -> int:
         per_rank = -(-size // world_size)
-        return per_rank // bs if drop_last else -(-per_rank // bs)
+        b = per_rank // bs if drop_last else -(-per_rank // bs)
+        b = min(b, limit_batches) if isinstance(limit_batches, int) else int(b * limit_batches)
+        return -(-b // accumulate)
 
     pruning_epochs = max(0, stop - 1)  # epochs 1 .. stop-1
     return (max_epochs - pruning_epochs) * batches(n) + pruning_epochs * batches(pruned_size)
