@@ -438,3 +438,22 @@ def test_the_saving_is_logged_each_epoch():
     assert float(metrics["train/infobatch/saving"]) == pytest.approx(last["pruned"] / N)
     assert float(metrics["train/infobatch/pruned"]) == last["pruned"]
     assert float(metrics["train/infobatch/trained"]) == last["trained"]
+
+
+def test_the_usage_example_of_the_docs_runs():
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parents[2] / "docs" / "callbacks" / "infobatch.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)[0]
+    namespace: dict = {}
+    exec(block, namespace)
+    assert isinstance(namespace["trainer"].callbacks[0], InfoBatch)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(96, 16, generator=g), torch.randint(0, 10, (96,), generator=g))
+    cb = InfoBatch()
+    trainer = _trainer(callbacks=[cb], max_epochs=4)
+    model = namespace["Model"]()
+    trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True))
+    assert sum(h["pruned"] for h in cb.history) > 0
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == cb.estimated_stepping_batches(trainer)
