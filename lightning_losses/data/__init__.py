@@ -3,6 +3,7 @@
 from .datamodule import ClassificationDataModule
 from .digit_variants import DigitVariantsDataModule, digit_variants
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
+from .group_balanced import GroupBalancedSampler
 from .image_folder import (
     IMG_EXTENSIONS,
     ImageFolderDataset,
@@ -21,6 +22,7 @@ __all__ = [
     "ClassificationDataModule",
     "DigitVariantsDataModule",
     "DigitsDataset",
+    "GroupBalancedSampler",
     "ImageFolderDataset",
     "PlannedBatchSampler",
     "SpuriousDigits",
