@@ -30,11 +30,13 @@ def ready_loss(name: str, num_classes: int = 5, **kwargs) -> torch.nn.Module:
     return loss
 
 
-def loss_context(name: str, epoch: int = 0) -> dict:
-    """The call-time context a loss declares (what LossMixin would pass)."""
+def loss_context(name: str, epoch: int = 0, *, n: int = 8) -> dict:
+    """The call-time context a loss declares (what LossMixin would pass) for a batch of ``n``."""
     ctx = {}
     if "epoch" in loss_info(name).context:
         ctx["epoch"] = epoch
+    if "index" in loss_info(name).context:
+        ctx["index"] = torch.arange(n)
     return ctx
 
 

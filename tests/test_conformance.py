@@ -45,7 +45,7 @@ def test_metadata_and_docstring(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_none_is_per_sample_and_mean_matches_exactly(name):
     x, y = loss_inputs(name, n=7, k=5)
-    ctx = loss_context(name)
+    ctx = loss_context(name, n=7)
     none = ready_loss(name, reduction="none")(x, y, **ctx)
     assert none.shape == (7,)
     assert torch.equal(none.mean(), ready_loss(name, reduction="mean")(x, y, **ctx))
@@ -62,7 +62,7 @@ def test_none_is_per_sample_and_mean_matches_exactly(name):
 )
 def test_reduction_consistency_property(name, n, k, scale, seed):
     x, y = loss_inputs(name, n=n, k=k, scale=scale, seed=seed, dtype=torch.float64)
-    ctx = loss_context(name)
+    ctx = loss_context(name, n=n)
     none = ready_loss(name, num_classes=k, reduction="none")(x, y, **ctx)
     mean = ready_loss(name, num_classes=k, reduction="mean")(x, y, **ctx)
     assert none.shape == (n,) and torch.isfinite(none).all()
@@ -72,7 +72,7 @@ def test_reduction_consistency_property(name, n, k, scale, seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_weight_semantics(name):
     x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
-    ctx = loss_context(name)
+    ctx = loss_context(name, n=6)
     loss_none = ready_loss(name, reduction="none")
     loss_mean = ready_loss(name, reduction="mean")
     per_sample = loss_none(x, y, **ctx)
@@ -91,9 +91,10 @@ def test_per_sample_values_do_not_depend_on_the_rest_of_the_batch(name):
     """A sample's value is its own (losses with a documented batch statistic are checked in
     their family tests)."""
     x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
-    ctx = loss_context(name)
     loss = ready_loss(name, reduction="none")
-    torch.testing.assert_close(loss(x, y, **ctx)[:3], loss(x[:3], y[:3], **ctx))
+    torch.testing.assert_close(
+        loss(x, y, **loss_context(name, n=6))[:3], loss(x[:3], y[:3], **loss_context(name, n=3))
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -101,7 +102,7 @@ def test_per_sample_values_do_not_depend_on_the_rest_of_the_batch(name):
 def test_finite_values_and_gradients_at_saturated_logits(name, sign_seed):
     x, y = loss_inputs(name, n=6, k=5, seed=sign_seed)
     x = (torch.sign(x) * 100.0).requires_grad_(True)
-    loss = ready_loss(name)(x, y, **loss_context(name))
+    loss = ready_loss(name)(x, y, **loss_context(name, n=6))
     loss.backward()
     assert torch.isfinite(loss), loss
     assert torch.isfinite(x.grad).all(), x.grad
@@ -110,7 +111,7 @@ def test_finite_values_and_gradients_at_saturated_logits(name, sign_seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast_close_to_float64(name):
     x, y = loss_inputs(name, n=16, k=5, scale=2.0)
-    ctx = loss_context(name)
+    ctx = loss_context(name, n=16)
     loss = ready_loss(name)
     x_bf16 = x.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -129,7 +130,7 @@ def test_bf16_autocast_close_to_float64(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_moves_and_round_trips(name):
     x, y = loss_inputs(name, n=5, k=5, dtype=torch.float64)
-    ctx = loss_context(name)
+    ctx = loss_context(name, n=5)
     loss = ready_loss(name).double()
     fresh = build_loss(name).double()
     fresh.load_state_dict(loss.state_dict())
@@ -140,7 +141,7 @@ def test_state_moves_and_round_trips(name):
 def test_dense_inputs_give_one_value_per_sample(name):
     x, y = loss_inputs(name, n=4, k=5, dense=(3, 2))
     try:
-        out = ready_loss(name, reduction="none")(x, y, **loss_context(name))
+        out = ready_loss(name, reduction="none")(x, y, **loss_context(name, n=4))
     except ValueError as err:  # a loss may refuse dense input, but must say so clearly
         assert "input" in str(err)
         return
@@ -154,7 +155,7 @@ def test_dense_inputs_give_one_value_per_sample(name):
 def test_wrong_target_shape_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     with pytest.raises(ValueError, match="target"):
-        ready_loss(name)(x, y[:4], **loss_context(name))
+        ready_loss(name)(x, y[:4], **loss_context(name, n=6))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "index"])
@@ -162,7 +163,7 @@ def test_label_out_of_range_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     y[2] = 5
     with pytest.raises(ValueError, match=r"target.*\b5\b|outside"):
-        ready_loss(name)(x, y, **loss_context(name))
+        ready_loss(name)(x, y, **loss_context(name, n=6))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "multilabel"])
@@ -170,7 +171,7 @@ def test_multilabel_target_out_of_range_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     y[2, 1] = 3.0
     with pytest.raises(ValueError, match="target"):
-        ready_loss(name)(x, y, **loss_context(name))
+        ready_loss(name)(x, y, **loss_context(name, n=6))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -178,7 +179,7 @@ def test_nan_input_is_caught_when_asked(name):
     x, y = loss_inputs(name, n=6, k=5)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"input.*NaN"):
-        ready_loss(name, check_finite=True)(x, y, **loss_context(name))
+        ready_loss(name, check_finite=True)(x, y, **loss_context(name, n=6))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -198,7 +199,7 @@ def test_class_counts_are_validated(name):
         loss.set_class_counts([10.0, -1.0, 3.0, 4.0, 5.0])
     x, y = loss_inputs(name, n=4, k=5)
     with pytest.raises(ValueError, match="class counts"):
-        loss(x, y, **loss_context(name))  # none given yet
+        loss(x, y, **loss_context(name, n=4))  # none given yet
 
 
 def test_unknown_loss_name_suggests_close_names():

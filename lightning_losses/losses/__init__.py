@@ -23,7 +23,7 @@ from .classification import (
     SumExpLoss,
     SymmetricCrossEntropyLoss,
 )
-from .dro import LDRKLLoss
+from .dro import ALDRKLLoss, LDRKLLoss, aldr_kl_lambda
 from .imbalance import (
     AsymmetricLoss,
     BalancedSoftmaxLoss,
@@ -37,6 +37,7 @@ from .imbalance import (
 )
 
 __all__ = [
+    "ALDRKLLoss",
     "AsymmetricLoss",
     "BalancedSoftmaxLoss",
     "BinaryCrossEntropyLoss",
@@ -69,6 +70,7 @@ __all__ = [
     "SquentropyLoss",
     "SumExpLoss",
     "SymmetricCrossEntropyLoss",
+    "aldr_kl_lambda",
     "class_balanced_weights",
     "logit_adjust",
 ]
