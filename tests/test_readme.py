@@ -38,3 +38,11 @@ def test_readme_contract_snippet():
     namespace: dict = {}
     exec(_python_blocks()[1], namespace)
     assert namespace["loss"](namespace["logits"], namespace["target"]).ndim == 0
+
+
+def test_readme_callbacks_snippet():
+    from lightning_losses.callbacks import InfoBatch
+
+    namespace: dict = {}
+    exec(_python_blocks()[2], namespace)
+    assert any(isinstance(cb, InfoBatch) for cb in namespace["trainer"].callbacks)
