@@ -3,9 +3,11 @@
 from .dro_weighting import DROWeighting
 from .group_dro import GroupDRO
 from .infobatch import InfoBatch, estimated_stepping_batches
+from .pld import PLD
 from .sampler_owner import TrainSamplerOwner
 
 __all__ = [
+    "PLD",
     "DROWeighting",
     "GroupDRO",
     "InfoBatch",

@@ -32,6 +32,7 @@ from .infobatch import (
     infobatch_stop_epoch,
     num_kept_candidates,
 )
+from .pld import pld_generator, pld_probabilities, pld_select
 from .score_store import ScoreStore, gather_updates
 
 __all__ = [
@@ -57,6 +58,9 @@ __all__ = [
     "kl_weights",
     "num_kept_candidates",
     "num_pruned",
+    "pld_generator",
+    "pld_probabilities",
+    "pld_select",
     "prune_by_score",
     "score_dataset",
     "spectral_risk_weights",

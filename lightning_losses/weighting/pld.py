@@ -1,0 +1,238 @@
+r"""PLD's per-pool loss-distribution resampling as pure functions (no Lightning).
+
+PLD (Zhang, Cao, Wu, Sun, Shen, Cheng, "Personalized Denoising Implicit Feedback for Robust
+Recommender System", WWW 2025, arXiv 2502.00348; code Kaike-Zhang/PLD) observes that a user's
+noisy interactions sit in the high-loss tail of *that user's* loss distribution, while a global
+loss threshold fails because clean and noisy losses of different users overlap. So, within each
+group of candidates (a user's positives; by extension the samples of a class or an identity),
+it trains on the low-loss, likely clean ones:
+
+.. code-block:: text
+
+    P          = a pool of candidates (the samples of the batch sharing one pool id)
+    ℓ_i        = detached loss of candidate i (BPR: softplus(s_neg − s_pos))
+    p_i        = exp(−ℓ_i/τ) / Σ_{j∈P} exp(−ℓ_j/τ)         i ∈ P   (uniform 1/|P| in warm-up)
+    S_P        = s members of P drawn without replacement with probabilities p
+    w_i        = |P| / s   for i ∈ S_P,   0 otherwise
+    loss       = (1/N) Σ_i w_i ℓ_i = (1/N) Σ_P |P| · mean_{i∈S_P} ℓ_i
+
+With pools of equal size ``k`` and ``s = 1`` the loss is the mean over pools of the one picked
+candidate's loss, exactly what the reference trains on (``SelfDenoiseCFTrainer._train_epoch``
+in ``utls/trainer.py``: ``softmax(-temp_loss / temp)`` over ``item_num`` positives, then
+``torch.multinomial(..., 1)``). Pools of unequal sizes are weighted by their size, so every
+candidate keeps the same share of the loss as under plain averaging.
+
+**Numerics.** Probabilities are computed in float64 (float32 on MPS, which has no float64) with
+the pool's smallest loss subtracted first, so ``exp`` never overflows and the pool's best
+candidate has an unnormalised mass of exactly 1. The selection never exponentiates at all: it
+ranks ``log p_i − log E_i`` with ``E_i ~ Exp(1)`` (the Gumbel-top-k / exponential-race trick),
+which draws ``s`` members without replacement with the same law as successive
+``torch.multinomial(p, s, replacement=False)``, for any pool layout in one vectorised pass
+(two stable sorts, no Python loop over pools). Pool ids are arbitrary integers; only equality
+matters.
+
+**Randomness** comes only from the ``torch.Generator`` passed in (see :func:`pld_generator`);
+the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._checks import check_finite, check_int, check_positive, check_tensor
+from .infobatch import _MASK64, _splitmix64
+
+__all__ = [
+    "DEFAULT_NUM_CANDIDATES",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_WARMUP_EPOCHS",
+    "pld_generator",
+    "pld_probabilities",
+    "pld_select",
+]
+
+DEFAULT_TEMPERATURE = 0.1
+"""τ: the reference's ``--temp`` default (``meta_config.py``)."""
+DEFAULT_WARMUP_EPOCHS = 5
+"""Uniform choice for the first epochs: the reference's ``begin_adv = 5`` (``model_config.py``)."""
+DEFAULT_NUM_CANDIDATES = 5
+"""k, the candidates per pool (a user's positives): the reference's ``--item_num`` default."""
+
+
+class _Pools(NamedTuple):
+    inverse: Tensor  # (N,) int64, contiguous pool index of every sample
+    counts: Tensor  # (P,) int64, pool sizes
+
+
+def _work_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _check_losses(losses: object) -> Tensor:
+    check_tensor(losses, "losses")
+    if losses.ndim != 1 or not losses.is_floating_point():
+        raise ValueError(
+            "`losses` must be a 1-D floating-point tensor (N,), one detached loss per candidate; "
+            f"got shape {tuple(losses.shape)} and dtype {losses.dtype}."
+        )
+    check_finite(losses, "losses")
+    return losses.detach()
+
+
+def _pools(pools: object, n: int, device: torch.device) -> _Pools:
+    check_tensor(pools, "pools")
+    if pools.is_floating_point() or pools.is_complex() or pools.dtype == torch.bool:
+        raise ValueError(f"`pools` must hold integer pool ids; got dtype {pools.dtype}.")
+    if pools.shape != (n,):
+        raise ValueError(
+            f"`pools` must have shape ({n},), one pool id per candidate; got {tuple(pools.shape)}."
+        )
+    _, inverse, counts = torch.unique(pools.to(device), return_inverse=True, return_counts=True)
+    return _Pools(inverse, counts)
+
+
+def _log_mass(losses: Tensor, pools: _Pools, temperature: float) -> Tensor:
+    """``−(ℓ_i − min_{j∈P} ℓ_j)/τ`` in the working dtype: log of the unnormalised mass, <= 0."""
+    dtype = _work_dtype(losses.device)
+    ell = losses.to(dtype)
+    lowest = torch.full((pools.counts.numel(),), torch.inf, dtype=dtype, device=ell.device)
+    lowest = lowest.scatter_reduce(0, pools.inverse, ell, reduce="amin")
+    return -(ell - lowest[pools.inverse]) / temperature
+
+
+def pld_probabilities(losses: Tensor, pools: Tensor, temperature: float) -> Tensor:
+    r"""Per-pool selection probabilities :math:`p_i = \mathrm{softmax}_{j \in P}(-\ell_j/\tau)_i`.
+
+    Args:
+        losses: (N,) detached per-candidate losses, finite.
+        pools: (N,) integer pool ids; candidates with equal ids form one pool.
+        temperature: τ > 0. Small τ concentrates on the pool's lowest loss; τ → ∞ gives the
+            uniform ``1/|P|``. Default 0.1 (reference), on the scale of the losses: with BPR
+            losses of order 1, a loss gap of 0.23 halves a candidate's odds.
+
+    Returns:
+        (N,) float64 (float32 on MPS) probabilities; they sum to 1 over each pool.
+
+    Example:
+        >>> pld_probabilities(torch.tensor([0.0, 0.1, 5.0]), torch.tensor([7, 7, 3]), 0.1)
+        tensor([0.7311, 0.2689, 1.0000], dtype=torch.float64)
+    """
+    losses = _check_losses(losses)
+    tau = check_positive(temperature, "temperature")
+    p = _pools(pools, losses.shape[0], losses.device)
+    mass = _log_mass(losses, p, tau).exp()  # the pool's best candidate has mass exactly 1
+    total = torch.zeros(p.counts.numel(), dtype=mass.dtype, device=mass.device)
+    total = total.index_add(0, p.inverse, mass)
+    return mass / total[p.inverse]
+
+
+def pld_select(
+    losses: Tensor,
+    pools: Tensor,
+    temperature: float = DEFAULT_TEMPERATURE,
+    num_selected: int = 1,
+    *,
+    generator: torch.Generator,
+    uniform: bool = False,
+) -> Tensor:
+    r"""Draw ``num_selected`` candidates per pool and return the weights that train on them.
+
+    Every pool :math:`P` draws :math:`s` members without replacement with probabilities
+    :func:`pld_probabilities` (uniformly when ``uniform``, i.e. during warm-up), and
+
+    .. math::
+        w_i = \frac{|P|}{s}\ \text{if } i \text{ is drawn}, \qquad w_i = 0\ \text{otherwise},
+
+    so that :math:`\frac{1}{N}\sum_i w_i \ell_i = \frac{1}{N}\sum_P |P| \cdot
+    \operatorname{mean}_{i \in S_P} \ell_i`, the pool-size-weighted mean of the drawn losses.
+    Every pool keeps its share :math:`|P|/N` of the loss.
+
+    Args:
+        losses: (N,) detached per-candidate losses, finite.
+        pools: (N,) integer pool ids.
+        temperature: τ > 0 (ignored when ``uniform``). Default 0.1 (reference).
+        num_selected: s ≥ 1 members drawn per pool; every pool must have at least s members.
+            Default 1 (the reference trains on one positive per user).
+        generator: the only source of randomness (see :func:`pld_generator`). N exponential
+            variates are drawn from it, in float64, on its device.
+        uniform: draw uniformly within each pool (the warm-up epochs).
+
+    Returns:
+        (N,) weights with ``losses``' dtype and device.
+
+    Example:
+        >>> w = pld_select(torch.tensor([0.1, 3.0, 0.2, 4.0]), torch.tensor([0, 0, 1, 1]),
+        ...                generator=pld_generator(0, epoch=5, batch_idx=0))
+        >>> w  # the low-loss candidate of each pool, weighted by the pool size
+        tensor([2., 0., 2., 0.])
+    """
+    losses = _check_losses(losses)
+    tau = check_positive(temperature, "temperature")
+    s = check_int(num_selected, "num_selected", 1)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator (see pld_generator); got "
+            f"{type(generator).__name__}."
+        )
+    n, device = losses.shape[0], losses.device
+    p = _pools(pools, n, device)
+    if n > 0:
+        _check_pool_sizes(pools, p, s)
+
+    dtype = _work_dtype(device)
+    race = torch.empty(n, dtype=torch.float64, device=generator.device)
+    race = race.exponential_(generator=generator).to(device, dtype)
+    log_mass = torch.zeros(n, dtype=dtype, device=device) if uniform else _log_mass(losses, p, tau)
+    key = log_mass - race.log()  # log p_i − log E_i, up to a per-pool constant
+
+    # Group by pool (ascending) with keys descending inside each pool; rank = position - start.
+    by_key = torch.argsort(key, descending=True, stable=True)
+    order = by_key[torch.argsort(p.inverse[by_key], stable=True)]
+    start = torch.cumsum(p.counts, 0) - p.counts
+    rank = torch.arange(n, device=device) - start[p.inverse[order]]
+    drawn = torch.empty(n, dtype=torch.bool, device=device)
+    drawn[order] = rank < s
+    scale = (p.counts[p.inverse].to(losses.dtype)) / s
+    return torch.where(drawn, scale, torch.zeros((), dtype=losses.dtype, device=device))
+
+
+def _check_pool_sizes(pools: Tensor, p: _Pools, s: int) -> None:
+    small = p.counts < s
+    if bool(small.any()):
+        ids = torch.unique(pools.to(p.counts.device))[small]
+        shown = ids[:5].tolist()
+        sizes = p.counts[small][:5].tolist()
+        more = f" and {int(small.sum()) - 5} more" if int(small.sum()) > 5 else ""
+        raise ValueError(
+            f"every pool must have at least `num_selected`={s} candidates; pools {shown}{more} "
+            f"have sizes {sizes}. Build batches from whole pools of k >= {s} candidates."
+        )
+
+
+def pld_generator(
+    seed: int, epoch: int, batch_idx: int, rank: int = 0, call: int = 0
+) -> torch.Generator:
+    """A CPU generator keyed on ``(seed, epoch, batch_idx, rank, call)``.
+
+    The integers are chained through SplitMix64 (as in
+    :func:`~lightning_losses.weighting.epoch_generator`), so neighbouring keys give unrelated
+    streams. The draw of a batch depends only on where it is in training, never on what was
+    drawn before: a resumed run draws exactly what an uninterrupted one does. ``batch_idx`` is
+    the batch index within the epoch (distinct for each micro-batch under gradient
+    accumulation, unlike the global step); ``call`` tells apart several loss computations of
+    one batch.
+    """
+    keys = (
+        check_int(seed, "seed"),
+        check_int(epoch, "epoch", 0),
+        check_int(batch_idx, "batch_idx", 0),
+        check_int(rank, "rank", 0),
+        check_int(call, "call", 0),
+    )
+    state = 0
+    for key in keys:
+        state = _splitmix64(state ^ (key & _MASK64))
+    return torch.Generator(device="cpu").manual_seed(state & (_MASK64 >> 1))
