@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -14,20 +14,27 @@ class SplitDataModule(L.LightningDataModule):
 
     Subclasses set ``batch_size``, ``num_workers`` and ``seed`` and build the datasets in
     ``setup``. Training batches are shuffled with a generator seeded from ``seed`` (the same order
-    on every run); workers persist across epochs when there are any.
+    on every run), unless :meth:`_train_sampler` returns a sampler, which then decides the
+    training order; workers persist across epochs when there are any.
     """
 
     batch_size: int
     num_workers: int
     seed: int
 
+    def _train_sampler(self) -> Sampler[int] | None:
+        """The training sampler, called after ``setup``; ``None`` shuffles with ``seed``."""
+        return None
+
     def _loader(self, split: str) -> DataLoader[Any]:
         self.setup()
-        shuffle = split == "train"
+        sampler = self._train_sampler() if split == "train" else None
+        shuffle = split == "train" and sampler is None
         return DataLoader(
             getattr(self, f"{split}_dataset"),
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -35,7 +42,8 @@ class SplitDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled with a generator seeded from ``seed``: the same order on every run."""
+        """Shuffled with a generator seeded from ``seed`` (the same order on every run), or
+        ordered by the subclass's training sampler."""
         return self._loader("train")
 
     def val_dataloader(self) -> DataLoader[Any]:

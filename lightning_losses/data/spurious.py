@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_choice, check_int
 from ._splits import SplitDataModule
 from .digits import _raw_digits, check_image_options, check_stats, digits_labels, safe_std
+from .group_balanced import MODES as GROUP_BALANCED_MODES
+from .group_balanced import GroupBalancedSampler
 from .long_tail import stratified_split
 
 SPURIOUS_CLASSES: tuple[str, ...] = ("0-4", "5-9")
@@ -328,13 +330,25 @@ class SpuriousDigitsDataModule(SplitDataModule):
             default 0.95. Validation and test are balanced (independent attribute).
         val_fraction, test_fraction: shares of each digit for validation and test, in (0, 1)
             with a sum < 1; defaults 0.15 and 0.3.
-        seed: drives the splits, the attributes and the training shuffle order.
+        seed: drives the splits, the attributes and the training order.
         num_workers: ``DataLoader`` worker processes, >= 0; persistent when > 0.
+        group_balanced: ``None`` (default: every training image once per epoch, shuffled),
+            ``"subsample"`` or ``"reweight"``: the training loader draws with
+            :class:`~lightning_losses.data.group_balanced.GroupBalancedSampler` in that mode
+            (seeded with ``seed``), so that the four groups are equally frequent. The
+            group-balanced ERM baseline next to group DRO (METHODS 1.3). ``"subsample"``
+            epochs hold ``4 * min_g n_g`` images (100 with the defaults), ``"reweight"``
+            epochs as many as the training split. Under DDP, build the trainer with
+            ``use_distributed_sampler=False``: the sampler splits the epoch across ranks
+            itself.
 
     Example:
         >>> dm = SpuriousDigitsDataModule()
         >>> dm.group_counts.tolist()
         [473.0, 25.0, 25.0, 468.0]
+        >>> balanced = SpuriousDigitsDataModule(group_balanced="subsample")
+        >>> len(balanced.train_dataloader().sampler)
+        100
     """
 
     def __init__(
@@ -347,11 +361,14 @@ class SpuriousDigitsDataModule(SplitDataModule):
         test_fraction: float = 0.3,
         seed: int = 0,
         num_workers: int = 0,
+        group_balanced: str | None = None,
     ) -> None:
         super().__init__()
         check_image_options(image_size, in_chans)
         check_int(batch_size, "batch_size", 1)
         check_int(num_workers, "num_workers", 0)
+        if group_balanced is not None:
+            check_choice(group_balanced, GROUP_BALANCED_MODES, "group_balanced")
         # Validates correlation, fractions and seed, and checks that no group is empty.
         plan = spurious_digits_splits(correlation, val_fraction, test_fraction, seed)
         self.save_hyperparameters()
@@ -364,6 +381,7 @@ class SpuriousDigitsDataModule(SplitDataModule):
         self.test_fraction = float(test_fraction)
         self.seed = seed
         self.num_workers = num_workers
+        self.group_balanced = group_balanced
 
         self.class_names: list[str] = list(SPURIOUS_CLASSES)
         self.group_names: list[str] = list(SPURIOUS_GROUPS)
@@ -390,6 +408,34 @@ class SpuriousDigitsDataModule(SplitDataModule):
         self.train_dataset = train
         self.val_dataset = self._dataset("val", train.mean, train.std)
         self.test_dataset = self._dataset("test", train.mean, train.std)
+
+    def _train_sampler(self) -> GroupBalancedSampler | None:
+        """``GroupBalancedSampler`` over the training groups when ``group_balanced`` is set.
+
+        Attached to a trainer, it takes the trainer's world size and rank; with more than one
+        process Lightning must leave it unwrapped (``use_distributed_sampler=False``).
+        """
+        if self.group_balanced is None:
+            return None
+        assert self.train_dataset is not None  # set by setup(), which _loader calls first
+        trainer = self.trainer
+        world_size, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ValueError(
+                f"`group_balanced`={self.group_balanced!r} splits each epoch across the "
+                f"{world_size} processes itself; build the Trainer with "
+                "`use_distributed_sampler=False` so that Lightning does not wrap the sampler "
+                "in a DistributedSampler as well."
+            )
+        return GroupBalancedSampler(
+            self.train_dataset.groups,
+            mode=self.group_balanced,
+            seed=self.seed,
+            num_replicas=world_size,
+            rank=rank,
+            num_groups=self.num_groups,
+        )
 
     def _dataset(
         self,

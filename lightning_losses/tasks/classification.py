@@ -1,10 +1,12 @@
 """The classification task: any timm backbone, any registered loss, torchmetrics reports.
 
 ``ClassificationModule`` is a plain ``LightningModule`` with :class:`~lightning_losses.LossMixin`;
-``cli_main`` runs it with :class:`ClassificationDataModule` through ``LightningCLI`` (the recipe
-``recipes/classification.py``). At the end of fit (last validation) and of test it prints
-accuracy, macro-F1 and calibration (ECE, MCE, NLL, Brier) as a table, and writes them as JSON
-with a reliability diagram (PNG) to the run's log directory.
+``cli_main`` runs it through ``LightningCLI`` (the recipe ``recipes/classification.py``) with
+:class:`~lightning_losses.data.ClassificationDataModule` by default, or any
+``LightningDataModule`` named by ``data.class_path`` (for example
+:class:`~lightning_losses.data.SpuriousDigitsDataModule`). At the end of fit (last validation)
+and of test it prints accuracy, macro-F1 and calibration (ECE, MCE, NLL, Brier) as a table, and
+writes them as JSON with a reliability diagram (PNG) to the run's log directory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from .._checks import check_choice
 from ..calibration import CalibrationReport, TemperatureScaler
-from ..data import ClassificationDataModule
+from ..callbacks.infobatch import estimated_stepping_batches
 from ..metrics import GroupAccuracy
 from ..mixins import LossMixin
 from ..registry import build_loss
@@ -221,33 +223,59 @@ class ClassificationModule(LossMixin, L.LightningModule):
         opt = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        # InfoBatch shortens epochs: count its pruned steps so the cosine ends at the end.
+        steps = max(1, estimated_stepping_batches(self.trainer))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class ClassificationCLI(LightningCLI):
-    """LightningCLI that fills model sizes from the data and tests right after ``fit``."""
+    """LightningCLI that fills model sizes from the data and tests right after ``fit``.
+
+    The datamodule is any ``LightningDataModule`` with ``num_classes`` and ``in_chans``
+    attributes (``subclass_mode_data``): ``data.class_path`` picks it, and a config whose
+    ``data`` section has no ``class_path`` gets
+    :class:`~lightning_losses.data.ClassificationDataModule`. Switching the class keeps the
+    values of arguments with the same name (jsonargparse carries them over, defaults
+    included), so a config for another datamodule should set each of its arguments.
+    """
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.set_defaults({"data": {"class_path": _DEFAULT_DATA}})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=True,
-            help="run `test` on the final weights right after `fit`",
+            help="run `test` right after `fit`",
+        )
+        parser.add_argument(
+            "--test_ckpt_path",
+            type=str | None,
+            default=None,
+            help="weights for the test after `fit`: null = the final weights; 'best' = the "
+            "best checkpoint of the ModelCheckpoint callback (model selection on its monitored "
+            "validation metric); or a checkpoint path",
         )
 
     def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit", True):
-            self.trainer.test(self.model, datamodule=self.datamodule)
+        config = self.config[self.subcommand]
+        if config.get("test_after_fit", True):
+            self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=config.get("test_ckpt_path")
+            )
+
+
+#: The datamodule of a config whose ``data`` section names no ``class_path``.
+_DEFAULT_DATA = "lightning_losses.data.ClassificationDataModule"
 
 
 def cli_main(args: list[str] | None = None, **kwargs: Any) -> ClassificationCLI:
     return ClassificationCLI(
         ClassificationModule,
-        ClassificationDataModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
         **kwargs,

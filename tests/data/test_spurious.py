@@ -299,3 +299,105 @@ def test_dataset_errors():
 def test_docstring_examples():
     result = doctest.testmod(spurious, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 2 and result.failed == 0
+
+
+# ------------------------------------------------------------------------- group_balanced
+
+
+def _epoch_indices(loader) -> torch.Tensor:
+    return torch.tensor(list(iter(loader.sampler)), dtype=torch.int64)
+
+
+def test_group_balanced_off_keeps_the_seeded_shuffle(dm):
+    loader = dm.train_dataloader()
+    assert dm.group_balanced is None
+    assert isinstance(loader.sampler, torch.utils.data.RandomSampler)
+    assert len(loader.dataset) == 991
+
+
+def test_group_balanced_subsample_gives_every_group_min_count_per_epoch():
+    from lightning_losses.data.group_balanced import GroupBalancedSampler
+
+    dm = SpuriousDigitsDataModule(image_size=8, batch_size=16, group_balanced="subsample", seed=3)
+    loader = dm.train_dataloader()
+    sampler = loader.sampler
+    assert isinstance(sampler, GroupBalancedSampler)
+    assert sampler.mode == "subsample" and sampler.seed == 3 and sampler.num_replicas == 1
+    m = int(dm.group_counts.min())
+    groups_seen = torch.cat([g for _, _, g in loader])
+    assert torch.bincount(groups_seen, minlength=4).tolist() == [m] * 4
+    assert len(loader) == math.ceil(4 * m / 16)
+    first = _epoch_indices(loader)
+    assert first.unique().numel() == first.numel() == 4 * m  # no repeat within an epoch
+    torch.testing.assert_close(
+        dm.train_dataset.groups[first].bincount(minlength=4), torch.full((4,), m)
+    )
+    sampler.set_epoch(1)
+    second = _epoch_indices(loader)
+    assert set(first.tolist()) != set(second.tolist())  # a fresh subset of the large groups
+    sampler.set_epoch(0)
+    torch.testing.assert_close(_epoch_indices(loader), first)  # (seed, epoch) fixes the order
+
+
+def test_group_balanced_reweight_draws_groups_equally_often():
+    dm = SpuriousDigitsDataModule(image_size=8, group_balanced="reweight")
+    loader = dm.train_dataloader()
+    idx = _epoch_indices(loader)
+    assert idx.numel() == len(dm.train_dataset) == 991  # the reference's len(dataset) draws
+    counts = torch.bincount(dm.train_dataset.groups[idx], minlength=4).double()
+    # each group has probability 1/4 per draw; 4 sigma of Binomial(991, 1/4) is about 55
+    assert bool(((counts - 991 / 4).abs() < 4 * math.sqrt(991 * 3 / 16)).all())
+    # minority samples repeat, majority ones are mostly left out: far from the 95/5 split
+    assert counts[1] + counts[2] > 0.4 * 991
+
+
+def test_group_balanced_takes_world_size_and_rank_from_the_trainer():
+    from types import SimpleNamespace
+
+    dm = SpuriousDigitsDataModule(image_size=8, group_balanced="subsample")
+    dm.trainer = SimpleNamespace(
+        world_size=2,
+        global_rank=1,
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=False),
+    )
+    sampler = dm.train_dataloader().sampler
+    assert (sampler.num_replicas, sampler.rank, len(sampler)) == (2, 1, 50)
+    dm.trainer = SimpleNamespace(
+        world_size=2,
+        global_rank=0,
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=True),
+    )
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        dm.train_dataloader()
+
+
+def test_group_balanced_trains_in_lightning_with_short_epochs(tmp_path):
+    import lightning as L
+
+    from lightning_losses.tasks.classification import ClassificationModule
+
+    dm = SpuriousDigitsDataModule(image_size=8, batch_size=32, group_balanced="subsample")
+    model = ClassificationModule(
+        backbone="resnet10t", num_classes=2, num_groups=4, temperature_scaling=False
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.num_training_batches == 4  # 100 images per epoch in batches of 32
+    assert trainer.global_step == 8
+    assert trainer.train_dataloader.sampler.epoch == 1  # Lightning called set_epoch
+
+
+@pytest.mark.parametrize("value", ["balanced", "", 1, True])
+def test_group_balanced_errors(value):
+    with pytest.raises(ValueError, match="`group_balanced`"):
+        SpuriousDigitsDataModule(group_balanced=value)
