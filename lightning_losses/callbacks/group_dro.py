@@ -10,7 +10,7 @@ ids from the batch, the DDP all-reduce, per-sample weights for the mixin, state 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -21,6 +21,7 @@ from torch import Tensor
 from .._checks import check_positive, check_range
 from ..mixins import LossMixin
 from ..weighting.dro import group_dro_update
+from ._batch_ids import batch_ids
 
 #: dtype of the state (``q``, EMA of group losses) and of the group statistics.
 _STATE = torch.float64
@@ -260,49 +261,16 @@ class GroupDRO(L.Callback):
 
     def group_ids(self, batch: Any, n: int, device: torch.device | str | None = None) -> Tensor:
         """The batch's group ids as an int64 tensor ``(n,)``, checked against ``num_groups``."""
-        key = self.group_key
-        where = f"`group_key`={key!r}"
-        if isinstance(key, str):
-            if not isinstance(batch, Mapping):
-                raise ValueError(
-                    f"GroupDRO reads group ids from batch[{key!r}] ({where}), but the batch is a "
-                    f"{type(batch).__name__}, not a mapping. Pass `batch=batch` to compute_loss, "
-                    "and use an int `group_key` for tuple/list batches."
-                )
-            if key not in batch:
-                raise ValueError(
-                    f"GroupDRO reads group ids from batch[{key!r}] ({where}), but the batch has "
-                    f"no such key; it has {sorted(map(str, batch.keys()))}."
-                )
-            raw = batch[key]
-        else:
-            if not isinstance(batch, tuple | list):
-                raise ValueError(
-                    f"GroupDRO reads group ids from position {key} of a tuple/list batch "
-                    f"({where}), but the batch is a {type(batch).__name__}. Pass `batch=batch` "
-                    "to compute_loss, and use a str `group_key` for mapping batches."
-                )
-            if not -len(batch) <= key < len(batch):
-                raise ValueError(
-                    f"GroupDRO reads group ids from position {key} ({where}), but the batch has "
-                    f"only {len(batch)} entries."
-                )
-            raw = batch[key]
-        try:
-            ids = torch.as_tensor(raw)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"group ids at {where} must be an integer tensor of shape ({n},); got "
-                f"{type(raw).__name__}."
-            ) from err
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"group ids at {where} must be integers; got dtype {ids.dtype}.")
-        if ids.shape != (n,):
-            raise ValueError(
-                f"group ids at {where} must have shape ({n},), one id per sample; got "
-                f"{tuple(ids.shape)}."
-            )
-        ids = ids.to(device=device, dtype=torch.int64)
+        ids = batch_ids(
+            batch,
+            self.group_key,
+            n,
+            owner="GroupDRO",
+            what="group ids",
+            key_arg="group_key",
+            device=device,
+        )
+        where = f"`group_key`={self.group_key!r}"
         bad = (ids < 0) | (ids >= self.num_groups)
         if bool(bad.any()):
             raise ValueError(

@@ -9,7 +9,6 @@ logging.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -25,6 +24,7 @@ from ..weighting.pld import (
     pld_probabilities,
     pld_select,
 )
+from ._batch_ids import batch_ids
 
 
 class PLD(L.Callback):
@@ -204,49 +204,9 @@ class PLD(L.Callback):
 
     def pool_ids(self, batch: Any, n: int, device: torch.device | str | None = None) -> Tensor:
         """The batch's pool ids as an int64 tensor ``(n,)``."""
-        key = self.pool_key
-        where = f"`pool_key`={key!r}"
-        if isinstance(key, str):
-            if not isinstance(batch, Mapping):
-                raise ValueError(
-                    f"PLD reads pool ids from batch[{key!r}] ({where}), but the batch is a "
-                    f"{type(batch).__name__}, not a mapping. Pass `batch=batch` to compute_loss, "
-                    "and use an int `pool_key` for tuple/list batches."
-                )
-            if key not in batch:
-                raise ValueError(
-                    f"PLD reads pool ids from batch[{key!r}] ({where}), but the batch has no "
-                    f"such key; it has {sorted(map(str, batch.keys()))}."
-                )
-            raw = batch[key]
-        else:
-            if not isinstance(batch, tuple | list):
-                raise ValueError(
-                    f"PLD reads pool ids from position {key} of a tuple/list batch ({where}), "
-                    f"but the batch is a {type(batch).__name__}. Pass `batch=batch` to "
-                    "compute_loss, and use a str `pool_key` for mapping batches."
-                )
-            if not -len(batch) <= key < len(batch):
-                raise ValueError(
-                    f"PLD reads pool ids from position {key} ({where}), but the batch has only "
-                    f"{len(batch)} entries."
-                )
-            raw = batch[key]
-        try:
-            ids = torch.as_tensor(raw)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"pool ids at {where} must be an integer tensor of shape ({n},); got "
-                f"{type(raw).__name__}."
-            ) from err
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"pool ids at {where} must be integers; got dtype {ids.dtype}.")
-        if ids.shape != (n,):
-            raise ValueError(
-                f"pool ids at {where} must have shape ({n},), one id per sample; got "
-                f"{tuple(ids.shape)}."
-            )
-        return ids.to(device=device, dtype=torch.int64)
+        return batch_ids(
+            batch, self.pool_key, n, owner="PLD", what="pool ids", key_arg="pool_key", device=device
+        )
 
     def _log(self, pl_module: Any, losses: Tensor, pools: Tensor, weights: Tensor) -> None:
         if losses.numel() == 0:
