@@ -20,7 +20,7 @@ from ..mixins import LossMixin
 from ..weighting.pld import (
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP_EPOCHS,
-    pld_generator,
+    pld_draws,
     pld_probabilities,
     pld_select,
 )
@@ -67,28 +67,30 @@ class PLD(L.Callback):
     :math:`N/k`) this costs the backward of :math:`N` instead of :math:`N/k` rows and saves
     the second forward; for embedding models such as MF the difference is small, for a large
     network per candidate it is up to :math:`k` times the backward. On top: one ``unique``,
-    two stable sorts and :math:`O(N)` work per step, :math:`N` exponential variates drawn on
-    the CPU and copied to the device, and a few device-to-host reads (the losses are checked
-    to be finite, the pools to hold ``num_selected`` members). No extra forward pass.
+    two stable sorts and :math:`O(N)` work per step, :math:`N` hashed uniform variates, and a
+    few device-to-host reads (the losses are checked to be finite, the pools to hold
+    ``num_selected`` members). No extra forward pass.
 
-    **Randomness and state.** The draws of a batch come from a generator keyed on
-    ``(seed, epoch, batch index in the epoch, global rank, call)``
-    (:func:`~lightning_losses.weighting.pld.pld_generator`). The batch index rather than the
+    **Randomness and state.** Each candidate's variate hashes ``(seed, epoch, batch index in
+    the epoch, call, pool id, position in the pool)``
+    (:func:`~lightning_losses.weighting.pld.pld_draws`). The batch index rather than the
     global step, because the global step repeats across the micro-batches of gradient
     accumulation; ``call`` counts the loss computations within one batch. The global RNG is
     never touched. The callback is **stateless apart from its configuration**:
     :meth:`state_dict` is empty, and a run resumed from a checkpoint draws exactly what the
     uninterrupted run draws, because the key depends only on where a batch is in training.
 
-    **DDP.** Each rank draws within its own pools, from its own stream (the rank is part of the
-    key). Pools must therefore not be split across ranks, nor across batches: a pool is the set
-    of samples with one id *in one batch on one rank*. That holds when the dataset returns one
-    whole pool per item and the collate function flattens it (as
+    **DDP.** A pool's draw does not depend on the rank that holds it or on the other pools in
+    the batch, so two processes draw, pool by pool, exactly what one process draws on their
+    joint batch, with no communication. Pools must not be split across ranks, nor across
+    batches: a pool is the set of samples with one id *in one batch on one rank*. That holds
+    when the dataset returns one whole pool per item and the collate function flattens it (as
     :class:`~lightning_losses.tasks.recommendation.SyntheticImplicitFeedback` does), since
-    samplers split the data by item. Rank :math:`r` divides by its :math:`N_r` and DDP averages
-    the gradients, so the step is the pool-size-weighted mean over the global batch when every
-    rank has the same :math:`N_r` (``drop_last=True`` or equal pool sizes and batch counts).
-    There is no communication.
+    samplers split the data by item; give the pools unique ids (the item index). Rank
+    :math:`r` divides by its :math:`N_r` and DDP averages the gradients, so the step is the
+    pool-size-weighted mean over the global batch when every rank has the same :math:`N_r`
+    (``drop_last=True`` or equal pool sizes and batch counts): then 2 processes train to the
+    weights of 1 process with the joint batch (tested).
 
     **Defaults** (reference ``meta_config.py`` and ``model_config.py``).
 
@@ -167,7 +169,7 @@ class PLD(L.Callback):
         self._batch_idx, self._calls = batch_idx, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Empty: the draws are keyed on (seed, epoch, batch index, rank), nothing accumulates."""
+        """Empty: the draws are keyed on (seed, epoch, batch index, pool), nothing accumulates."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -185,15 +187,14 @@ class PLD(L.Callback):
         pools = self.pool_ids(batch, losses.shape[0], losses.device)
         trainer = getattr(pl_module, "_trainer", None)
         epoch = int(trainer.current_epoch) if trainer is not None else 0
-        rank = int(trainer.global_rank) if trainer is not None else 0
-        generator = pld_generator(self.seed, epoch, self._batch_idx, rank, self._calls)
+        draws = pld_draws(pools, self.seed, epoch, self._batch_idx, self._calls)
         self._calls += 1
         weights = pld_select(
             losses,
             pools,
             self.temperature,
             self.num_selected,
-            generator=generator,
+            draws=draws,
             uniform=self.in_warmup(epoch),
         )
         if trainer is not None and hasattr(pl_module, "log"):

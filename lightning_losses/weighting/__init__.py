@@ -32,7 +32,7 @@ from .infobatch import (
     infobatch_stop_epoch,
     num_kept_candidates,
 )
-from .pld import pld_generator, pld_probabilities, pld_select
+from .pld import pld_draws, pld_probabilities, pld_select
 from .score_store import ScoreStore, gather_updates
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
     "kl_weights",
     "num_kept_candidates",
     "num_pruned",
-    "pld_generator",
+    "pld_draws",
     "pld_probabilities",
     "pld_select",
     "prune_by_score",

@@ -31,8 +31,12 @@ which draws ``s`` members without replacement with the same law as successive
 (two stable sorts, no Python loop over pools). Pool ids are arbitrary integers; only equality
 matters.
 
-**Randomness** comes only from the ``torch.Generator`` passed in (see :func:`pld_generator`);
-the global RNG is never touched.
+**Randomness** comes only from the variates passed in: :func:`pld_draws` derives one uniform
+variate per candidate by hashing ``(seed, epoch, batch index, call, pool id, position of the
+candidate in its pool)`` with SplitMix64. A candidate's draw therefore depends on where it is in
+training and in its pool, never on the other pools of the batch or on the rank that holds it:
+two DDP processes draw, pool by pool, exactly what one process with their joint batch draws,
+and a resumed run draws what the uninterrupted one does. The global RNG is never touched.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ __all__ = [
     "DEFAULT_NUM_CANDIDATES",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_WARMUP_EPOCHS",
-    "pld_generator",
+    "pld_draws",
     "pld_probabilities",
     "pld_select",
 ]
@@ -135,7 +139,7 @@ def pld_select(
     temperature: float = DEFAULT_TEMPERATURE,
     num_selected: int = 1,
     *,
-    generator: torch.Generator,
+    draws: Tensor,
     uniform: bool = False,
 ) -> Tensor:
     r"""Draw ``num_selected`` candidates per pool and return the weights that train on them.
@@ -156,35 +160,29 @@ def pld_select(
         temperature: τ > 0 (ignored when ``uniform``). Default 0.1 (reference).
         num_selected: s ≥ 1 members drawn per pool; every pool must have at least s members.
             Default 1 (the reference trains on one positive per user).
-        generator: the only source of randomness (see :func:`pld_generator`). N exponential
-            variates are drawn from it, in float64, on its device.
+        draws: (N,) independent Uniform(0, 1) variates, one per candidate, the only source of
+            randomness (see :func:`pld_draws`).
         uniform: draw uniformly within each pool (the warm-up epochs).
 
     Returns:
         (N,) weights with ``losses``' dtype and device.
 
     Example:
-        >>> w = pld_select(torch.tensor([0.1, 3.0, 0.2, 4.0]), torch.tensor([0, 0, 1, 1]),
-        ...                generator=pld_generator(0, epoch=5, batch_idx=0))
+        >>> pools = torch.tensor([0, 0, 1, 1])
+        >>> w = pld_select(torch.tensor([0.1, 3.0, 0.2, 4.0]), pools,
+        ...                draws=pld_draws(pools, 0, epoch=5, batch_idx=0))
         >>> w  # the low-loss candidate of each pool, weighted by the pool size
         tensor([2., 0., 2., 0.])
     """
     losses = _check_losses(losses)
     tau = check_positive(temperature, "temperature")
     s = check_int(num_selected, "num_selected", 1)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"`generator` must be a torch.Generator (see pld_generator); got "
-            f"{type(generator).__name__}."
-        )
     n, device = losses.shape[0], losses.device
     p = _pools(pools, n, device)
     if n > 0:
         _check_pool_sizes(pools, p, s)
-
     dtype = _work_dtype(device)
-    race = torch.empty(n, dtype=torch.float64, device=generator.device)
-    race = race.exponential_(generator=generator).to(device, dtype)
+    race = -_check_draws(draws, n).to(device, dtype).log()  # E_i ~ Exp(1)
     log_mass = torch.zeros(n, dtype=dtype, device=device) if uniform else _log_mass(losses, p, tau)
     key = log_mass - race.log()  # log p_i − log E_i, up to a per-pool constant
 
@@ -212,27 +210,76 @@ def _check_pool_sizes(pools: Tensor, p: _Pools, s: int) -> None:
         )
 
 
-def pld_generator(
-    seed: int, epoch: int, batch_idx: int, rank: int = 0, call: int = 0
-) -> torch.Generator:
-    """A CPU generator keyed on ``(seed, epoch, batch_idx, rank, call)``.
+def _check_draws(draws: object, n: int) -> Tensor:
+    check_tensor(draws, "draws")
+    if draws.shape != (n,) or not draws.is_floating_point():
+        raise ValueError(
+            f"`draws` must be a floating-point tensor of shape ({n},), one Uniform(0, 1) variate "
+            f"per candidate (see pld_draws); got shape {tuple(draws.shape)} and dtype "
+            f"{draws.dtype}."
+        )
+    if n and not bool(((draws > 0) & (draws < 1)).all()):
+        raise ValueError("`draws` must lie in the open interval (0, 1).")
+    return draws
 
-    The integers are chained through SplitMix64 (as in
-    :func:`~lightning_losses.weighting.epoch_generator`), so neighbouring keys give unrelated
-    streams. The draw of a batch depends only on where it is in training, never on what was
-    drawn before: a resumed run draws exactly what an uninterrupted one does. ``batch_idx`` is
-    the batch index within the epoch (distinct for each micro-batch under gradient
-    accumulation, unlike the global step); ``call`` tells apart several loss computations of
-    one batch.
+
+# SplitMix64 on int64 tensors: wrapping multiplication, logical shifts by masking the sign bits.
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(x: Tensor, k: int) -> Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64_tensor(x: Tensor) -> Tensor:
+    x = x + _GOLDEN
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def _signed(x: int) -> int:
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def pld_draws(pools: Tensor, seed: int, epoch: int, batch_idx: int, call: int = 0) -> Tensor:
+    """One Uniform(0, 1) variate per candidate, keyed on where the candidate is in training.
+
+    The variate of candidate ``i`` hashes ``(seed, epoch, batch_idx, call)``, its pool id and
+    its position among the members of its pool (in batch order) through SplitMix64, as
+    :func:`~lightning_losses.weighting.epoch_generator` does for its seeds. It depends on
+    nothing else: not on the other pools of the batch, their order, or the rank holding the
+    pool. ``batch_idx`` is the batch index within the epoch (distinct for each micro-batch of
+    gradient accumulation, unlike the global step); ``call`` tells apart several loss
+    computations of one batch.
+
+    Args:
+        pools: (N,) integer pool ids.
+        seed, epoch, batch_idx, call: the key; integers, all but ``seed`` >= 0.
+
+    Returns:
+        (N,) float64 variates in (0, 1) on ``pools``' device (53 random bits each).
     """
-    keys = (
-        check_int(seed, "seed"),
-        check_int(epoch, "epoch", 0),
-        check_int(batch_idx, "batch_idx", 0),
-        check_int(rank, "rank", 0),
-        check_int(call, "call", 0),
-    )
     state = 0
-    for key in keys:
-        state = _splitmix64(state ^ (key & _MASK64))
-    return torch.Generator(device="cpu").manual_seed(state & (_MASK64 >> 1))
+    for name, value, low in (
+        ("seed", seed, None),
+        ("epoch", epoch, 0),
+        ("batch_idx", batch_idx, 0),
+        ("call", call, 0),
+    ):
+        state = _splitmix64(state ^ (check_int(value, name, low) & _MASK64))
+    check_tensor(pools, "pools")
+    if pools.ndim != 1:
+        raise ValueError(f"`pools` must have shape (N,); got {tuple(pools.shape)}.")
+    ids = _pools(pools, pools.shape[0], pools.device)
+    # position of each candidate among the earlier members of its pool
+    order = torch.argsort(ids.inverse, stable=True)
+    start = torch.cumsum(ids.counts, 0) - ids.counts
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=order.device) - start[ids.inverse[order]]
+    x = _splitmix64_tensor(pools.to(torch.int64) ^ _signed(state))
+    x = _splitmix64_tensor(x ^ position)
+    return (_shr(x, 11).to(torch.float64) + 0.5) / float(1 << 53)

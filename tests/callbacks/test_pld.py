@@ -1,4 +1,4 @@
-"""PLD callback: keyed draws and warm-up, logging, training, exact resume, and the errors."""
+"""PLD callback: keyed draws and warm-up, logging, training, exact resume, DDP, and the errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import math
 import lightning as L
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_losses import LossMixin, build_loss
 from lightning_losses.callbacks.pld import PLD
-from lightning_losses.weighting.pld import pld_generator, pld_probabilities, pld_select
+from lightning_losses.weighting.pld import pld_draws, pld_probabilities, pld_select
 
 D, K, POOL = 4, 2, 5
 
@@ -134,7 +135,7 @@ def test_weights_are_the_keyed_draw_and_the_logs_describe_it():
 
     pools = batch["pool"]
     for call, w in enumerate((first, second)):
-        expected = pld_select(losses, pools, 0.3, 1, generator=pld_generator(5, 6, 4, 1, call))
+        expected = pld_select(losses, pools, 0.3, 1, draws=pld_draws(pools, 5, 6, 4, call))
         assert torch.equal(w, expected)
     assert not torch.equal(first, second)
     drawn = first > 0
@@ -157,8 +158,8 @@ def test_warmup_draws_uniformly_until_the_warmup_epoch():
     for epoch, uniform in [(0, True), (1, True), (2, False), (3, False)]:
         cb.on_train_batch_start(None, None, batch, 0)
         w = cb.sample_weights(StubModule(epoch), batch, losses)
-        gen = pld_generator(0, epoch, 0, 0, 0)
-        assert torch.equal(w, pld_select(losses, pools, 0.1, 1, generator=gen, uniform=uniform))
+        draws = pld_draws(pools, 0, epoch, 0, 0)
+        assert torch.equal(w, pld_select(losses, pools, 0.1, 1, draws=draws, uniform=uniform))
         assert cb.in_warmup(epoch) is uniform
     assert not PLD(warmup_epochs=0).in_warmup(0)
 
@@ -227,6 +228,55 @@ def test_resume_from_a_checkpoint_draws_what_the_uninterrupted_run_draws(tmp_pat
 
     _, other_model, _ = _resume_run(epochs=3, seed=1)  # the draws matter for the result
     assert not torch.equal(other_model.net.weight, full_model.net.weight)
+
+
+# ----------------------------------------------------------------------------- 4. DDP
+
+
+class RoundRobinPools(L.LightningDataModule):
+    """Whole pools dealt round-robin: the two ranks' batch b together hold the single process's
+    batch b of twice the size (Lightning's own sampler injection would shuffle)."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        data = PoolData()
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
+        return DataLoader(
+            data, batch_size=self.batch_size, sampler=sampler, collate_fn=flatten_pools
+        )
+
+
+def _ddp_run(devices: int, batch_size: int, callbacks: list) -> dict[str, torch.Tensor]:
+    model = PoolModel()
+    trainer = _trainer(
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        max_epochs=3,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(model, datamodule=RoundRobinPools(batch_size))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+def test_two_processes_train_to_the_weights_of_one_process_with_the_joint_batch():
+    # A pool's draw depends on (seed, epoch, batch index, pool id, position), not on the rank
+    # or the other pools, so the selection, and with it every update, is the same.
+    def pld():
+        return [PLD(temperature=0.2, warmup_epochs=1, seed=3)]
+
+    single = _ddp_run(devices=1, batch_size=4, callbacks=pld())
+    ddp = _ddp_run(devices=2, batch_size=2, callbacks=pld())
+    for key, value in single.items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-5, atol=1e-6)
+    plain = _ddp_run(devices=1, batch_size=4, callbacks=[])
+    assert not torch.allclose(plain["net.weight"], single["net.weight"])  # the draws mattered
 
 
 # ----------------------------------------------------------------------------- 4. errors

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from lightning_losses import reduce_loss
-from lightning_losses.weighting.pld import pld_generator, pld_probabilities, pld_select
+from lightning_losses.weighting.infobatch import _MASK64, _splitmix64
+from lightning_losses.weighting.pld import (
+    _splitmix64_tensor,
+    pld_draws,
+    pld_probabilities,
+    pld_select,
+)
 
 
 def _naive_probabilities(losses: list[float], pools: list[int], tau: float) -> list[float]:
@@ -39,7 +45,7 @@ def _inclusion_probabilities(p: list[float], s: int) -> list[float]:
 def _frequencies(losses, pools, tau, s, draws, uniform=False) -> torch.Tensor:
     counts = torch.zeros(losses.shape[0], dtype=torch.float64)
     for b in range(draws):
-        w = pld_select(losses, pools, tau, s, generator=pld_generator(7, 3, b), uniform=uniform)
+        w = pld_select(losses, pools, tau, s, draws=pld_draws(pools, 7, 3, b), uniform=uniform)
         counts += (w > 0).double()
     return counts / draws
 
@@ -124,7 +130,7 @@ def test_weights_give_the_pool_size_weighted_mean_of_the_drawn_losses(s):
     pools = torch.repeat_interleave(torch.tensor([10, 11, 12, 13]), torch.tensor(sizes))
     pools = pools[torch.randperm(pools.numel(), generator=g)]
     losses = torch.rand(pools.numel(), generator=g, dtype=torch.float64)
-    w = pld_select(losses, pools, 0.5, s, generator=pld_generator(0, 0, 0))
+    w = pld_select(losses, pools, 0.5, s, draws=pld_draws(pools, 0, 0, 0))
     n = pools.numel()
     expected = 0.0
     for pool, size in zip([10, 11, 12, 13], sizes, strict=True):
@@ -143,7 +149,7 @@ def test_a_tiny_temperature_draws_the_lowest_loss_of_every_pool():
     losses = torch.tensor([0.5, 0.2, 0.9, 3.0, 1.0, 2.0])
     pools = torch.tensor([0, 0, 0, 1, 1, 1])
     for b in range(20):
-        w = pld_select(losses, pools, 1e-3, generator=pld_generator(0, 0, b))
+        w = pld_select(losses, pools, 1e-3, draws=pld_draws(pools, 0, 0, b))
         assert w.tolist() == [0.0, 3.0, 0.0, 0.0, 3.0, 0.0]
 
 
@@ -153,28 +159,58 @@ def test_draws_are_keyed_and_leave_the_global_rng_alone():
     state = torch.get_rng_state()
 
     def draw(*key):
-        return pld_select(losses, pools, 1.0, generator=pld_generator(*key))
+        return pld_select(losses, pools, 1.0, draws=pld_draws(pools, *key))
 
-    reference = draw(0, 1, 2, 0, 0)
-    assert torch.equal(draw(0, 1, 2, 0, 0), reference)
-    for other in [
-        (1, 1, 2, 0, 0),
-        (0, 2, 2, 0, 0),
-        (0, 1, 3, 0, 0),
-        (0, 1, 2, 1, 0),
-        (0, 1, 2, 0, 1),
-    ]:
+    reference = draw(0, 1, 2, 0)
+    assert torch.equal(draw(0, 1, 2, 0), reference)
+    for other in [(1, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]:
         assert not torch.equal(draw(*other), reference), other
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_a_pools_draws_do_not_depend_on_the_other_pools_or_their_order():
+    # What makes DDP exact: a rank holding half the pools draws what one process draws for them.
+    pools = torch.tensor([3, 3, 3, 8, 8, 8, 1, 1, 1, 6, 6, 6])
+    joint = pld_draws(pools, 4, 2, 9, 1)
+    half = torch.tensor([1, 1, 1, 8, 8, 8])
+    torch.testing.assert_close(
+        pld_draws(half, 4, 2, 9, 1), joint[[6, 7, 8, 3, 4, 5]], rtol=0, atol=0
+    )
+    interleaved = torch.tensor([6, 3, 6, 3, 6, 3])  # members keep their order inside a pool
+    expected = joint[[9, 0, 10, 1, 11, 2]]
+    assert torch.equal(pld_draws(interleaved, 4, 2, 9, 1), expected)
+
+
+def test_draws_are_uniform_and_independent_across_positions_and_pools():
+    pools = torch.arange(20_000).repeat_interleave(5)
+    u = pld_draws(pools, 0, 0, 0)
+    assert u.dtype == torch.float64 and bool(((u > 0) & (u < 1)).all())
+    n = u.numel()
+    counts = torch.histc(u, bins=10, min=0.0, max=1.0)
+    chi2 = float(((counts - n / 10) ** 2 / (n / 10)).sum())
+    assert chi2 < 27.9  # chi-square, 9 degrees of freedom, p = 0.001
+    grid = u.view(-1, 5)
+    corr = torch.corrcoef(grid.t())
+    off = corr - torch.eye(5, dtype=corr.dtype)
+    assert float(off.abs().max()) < 4.0 / (grid.shape[0] ** 0.5)
+    neighbours = torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1]
+    assert abs(float(neighbours)) < 4.0 / (n**0.5)
+
+
+def test_the_tensor_splitmix64_equals_the_integer_one():
+    values = [0, 1, 2, 12345, 2**40 + 7, 2**63 - 1, -1, -(2**63), -987654321]
+    out = _splitmix64_tensor(torch.tensor(values, dtype=torch.int64)).tolist()
+    for v, o in zip(values, out, strict=True):
+        assert o & _MASK64 == _splitmix64(v & _MASK64), v
+
+
 def test_dtype_device_and_empty_batch():
     losses = torch.tensor([0.1, 0.2], dtype=torch.float16)
-    w = pld_select(losses, torch.tensor([0, 0]), generator=pld_generator(0, 0, 0))
+    pair = torch.tensor([0, 0])
+    w = pld_select(losses, pair, draws=pld_draws(pair, 0, 0, 0))
     assert w.dtype == torch.float16 and sorted(w.tolist()) == [0.0, 2.0]
-    empty = pld_select(
-        torch.zeros(0), torch.zeros(0, dtype=torch.long), generator=torch.Generator()
-    )
+    none = torch.zeros(0, dtype=torch.long)
+    empty = pld_select(torch.zeros(0), none, draws=pld_draws(none, 0, 0, 0))
     assert empty.shape == (0,)
 
 
@@ -199,7 +235,9 @@ def test_dtype_device_and_empty_batch():
         ({"losses": torch.ones(2, 3)}, ValueError, r"`losses` must be a 1-D.*\(2, 3\)"),
         ({"losses": torch.ones(6, dtype=torch.long)}, ValueError, r"`losses`.*int64"),
         ({"losses": torch.tensor([0, 1, 2, 3, 4, float("nan")])}, ValueError, r"1 NaN"),
-        ({"generator": 0}, TypeError, r"`generator` must be a torch.Generator.*got int"),
+        ({"draws": 0.5}, TypeError, r"`draws` must be a torch.Tensor; got float"),
+        ({"draws": torch.full((5,), 0.5)}, ValueError, r"`draws` must be .* shape \(6,\).*\(5,\)"),
+        ({"draws": torch.ones(6)}, ValueError, r"`draws` must lie in the open interval \(0, 1\)"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -208,19 +246,22 @@ def test_bad_arguments(kwargs, error, match):
         "pools": torch.tensor([0, 0, 0, 1, 1, 1]),
         "temperature": 0.1,
         "num_selected": 1,
-        "generator": torch.Generator(),
+        "draws": torch.full((6,), 0.5),
     }
     call.update(kwargs)
     with pytest.raises(error, match=match):
         pld_select(**call)
 
 
-def test_pool_id_dtype_bool_and_generator_keys_are_checked():
+def test_pool_id_dtype_bool_and_draw_keys_are_checked():
     with pytest.raises(
         ValueError, match=r"`pools` must hold integer pool ids; got dtype torch.bool"
     ):
         pld_probabilities(torch.zeros(2), torch.tensor([True, False]), 0.1)
+    pools = torch.tensor([0, 0])
     with pytest.raises(ValueError, match=r"`epoch` must be an integer >= 0; got -1"):
-        pld_generator(0, -1, 0)
-    with pytest.raises(ValueError, match=r"`rank` must be an integer >= 0; got 1.5"):
-        pld_generator(0, 0, 0, 1.5)
+        pld_draws(pools, 0, -1, 0)
+    with pytest.raises(ValueError, match=r"`call` must be an integer >= 0; got 1.5"):
+        pld_draws(pools, 0, 0, 0, 1.5)
+    with pytest.raises(ValueError, match=r"`pools` must have shape \(N,\); got \(1, 2\)"):
+        pld_draws(pools[None], 0, 0, 0)
