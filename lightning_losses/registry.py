@@ -17,7 +17,7 @@ from torch import nn
 
 from ._checks import check_choice, closest
 
-FAMILIES = ("classification", "imbalance", "calibration", "dro")
+FAMILIES = ("classification", "imbalance", "calibration", "dro", "distillation")
 
 
 @dataclass(frozen=True)

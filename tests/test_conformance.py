@@ -14,13 +14,59 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lightning_losses.registry as registry
 from lightning_losses import build_loss, list_losses, loss_info
 from lightning_losses.losses import ClassCountsLoss, Loss
-from lightning_losses.registry import FAMILIES
 
-from .conftest import loss_context, loss_inputs, ready_loss
+from .conftest import loss_context as call_context
+from .conftest import loss_inputs as label_inputs
+from .conftest import ready_loss
 
+FAMILIES = registry.FAMILIES
 NAMES = list_losses()
+#: Input kinds besides logits, and the target kind of losses that do not read the target.
+INPUT_KINDS = ("logits", "features", "scores", "predictions")
+TARGET_KINDS = ("index", "multilabel", "none")
+#: Losses whose teacher keyword stacks several teachers first, (M, *input.shape).
+STACKED_TEACHERS = {"multi_teacher_kd": 3}
+
+
+def loss_inputs(name: str, n: int = 8, k: int = 5, *, dense: tuple[int, ...] = (), **kwargs):
+    """conftest's inputs, plus a spatial dim for losses that need one and a batch-aligned
+    label vector (unused) for losses whose target kind is "none"."""
+    info = loss_info(name)
+    dense = dense or (3, 2)[: getattr(info.cls, "min_spatial_dims", 0)]
+    if info.target != "none":
+        return label_inputs(name, n, k, dense=dense, **kwargs)
+    g = torch.Generator().manual_seed(kwargs.get("seed", 0))
+    x = torch.randn(n, k, *dense, generator=g, dtype=torch.float64) * kwargs.get("scale", 3.0)
+    return x.to(kwargs.get("dtype", torch.float32)), torch.randint(0, k, (n,), generator=g)
+
+
+def teacher_like(like: torch.Tensor, offset: float) -> torch.Tensor:
+    """A fixed float32 tensor of ``like``'s shape whose row i depends on i only (so slicing the
+    batch slices it, as the per-sample test needs)."""
+    n = like.shape[0]
+    i = torch.arange(n, dtype=torch.float64).reshape(n, *[1] * (like.ndim - 1))
+    j = torch.arange(like[0].numel(), dtype=torch.float64).reshape(1, *like.shape[1:])
+    return (2.5 * torch.sin(1.3 * i + 0.7 * j + offset)).float()
+
+
+def loss_context(name: str, epoch: int = 0, *, n: int = 8, like: torch.Tensor) -> dict:
+    """conftest's call context plus the teacher keywords (``teacher_keys``) of distillation
+    losses, shaped like the student's ``like``."""
+    ctx = call_context(name, epoch, n=n)
+    info = loss_info(name)
+    if "teacher" in info.context:
+        m = STACKED_TEACHERS.get(name)
+        for offset, key in enumerate(info.cls.teacher_keys):
+            if m is None:
+                ctx[key] = teacher_like(like, offset)
+            else:
+                ctx[key] = torch.stack([teacher_like(like, offset + 0.5 * t) for t in range(m)])
+    return ctx
+
+
 #: A subset compiled with torch.compile in CI (compilation costs ~10 s per loss on 2 cores).
 COMPILE_SUBSET = [
     n for n in ("cross_entropy", "focal", "binary_focal", "ldam", "asl") if n in NAMES
@@ -38,14 +84,16 @@ def test_metadata_and_docstring(name):
     assert issubclass(info.cls, Loss)
     assert info.paper.strip(), "every loss names its reference"
     assert ".. math::" in info.doc or ":math:" in info.doc, "the docstring must carry the formula"
-    assert info.input == "logits" and info.target in ("index", "multilabel")
+    assert info.input in INPUT_KINDS and info.target in TARGET_KINDS
+    assert info.input == "logits" or info.family == "distillation"
+    assert info.target != "none" or "teacher" in info.context
     build_loss(name)  # every default constructs
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_none_is_per_sample_and_mean_matches_exactly(name):
     x, y = loss_inputs(name, n=7, k=5)
-    ctx = loss_context(name, n=7)
+    ctx = loss_context(name, n=7, like=x)
     none = ready_loss(name, reduction="none")(x, y, **ctx)
     assert none.shape == (7,)
     assert torch.equal(none.mean(), ready_loss(name, reduction="mean")(x, y, **ctx))
@@ -62,7 +110,7 @@ def test_none_is_per_sample_and_mean_matches_exactly(name):
 )
 def test_reduction_consistency_property(name, n, k, scale, seed):
     x, y = loss_inputs(name, n=n, k=k, scale=scale, seed=seed, dtype=torch.float64)
-    ctx = loss_context(name, n=n)
+    ctx = loss_context(name, n=n, like=x)
     none = ready_loss(name, num_classes=k, reduction="none")(x, y, **ctx)
     mean = ready_loss(name, num_classes=k, reduction="mean")(x, y, **ctx)
     assert none.shape == (n,) and torch.isfinite(none).all()
@@ -72,7 +120,7 @@ def test_reduction_consistency_property(name, n, k, scale, seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_sample_weight_semantics(name):
     x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
-    ctx = loss_context(name, n=6)
+    ctx = loss_context(name, n=6, like=x)
     loss_none = ready_loss(name, reduction="none")
     loss_mean = ready_loss(name, reduction="mean")
     per_sample = loss_none(x, y, **ctx)
@@ -93,7 +141,8 @@ def test_per_sample_values_do_not_depend_on_the_rest_of_the_batch(name):
     x, y = loss_inputs(name, n=6, k=5, dtype=torch.float64)
     loss = ready_loss(name, reduction="none")
     torch.testing.assert_close(
-        loss(x, y, **loss_context(name, n=6))[:3], loss(x[:3], y[:3], **loss_context(name, n=3))
+        loss(x, y, **loss_context(name, n=6, like=x))[:3],
+        loss(x[:3], y[:3], **loss_context(name, n=3, like=x[:3])),
     )
 
 
@@ -102,7 +151,7 @@ def test_per_sample_values_do_not_depend_on_the_rest_of_the_batch(name):
 def test_finite_values_and_gradients_at_saturated_logits(name, sign_seed):
     x, y = loss_inputs(name, n=6, k=5, seed=sign_seed)
     x = (torch.sign(x) * 100.0).requires_grad_(True)
-    loss = ready_loss(name)(x, y, **loss_context(name, n=6))
+    loss = ready_loss(name)(x, y, **loss_context(name, n=6, like=x))
     loss.backward()
     assert torch.isfinite(loss), loss
     assert torch.isfinite(x.grad).all(), x.grad
@@ -111,7 +160,7 @@ def test_finite_values_and_gradients_at_saturated_logits(name, sign_seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_autocast_close_to_float64(name):
     x, y = loss_inputs(name, n=16, k=5, scale=2.0)
-    ctx = loss_context(name, n=16)
+    ctx = loss_context(name, n=16, like=x)
     loss = ready_loss(name)
     x_bf16 = x.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -130,7 +179,7 @@ def test_bf16_autocast_close_to_float64(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_moves_and_round_trips(name):
     x, y = loss_inputs(name, n=5, k=5, dtype=torch.float64)
-    ctx = loss_context(name, n=5)
+    ctx = loss_context(name, n=5, like=x)
     loss = ready_loss(name).double()
     fresh = build_loss(name).double()
     fresh.load_state_dict(loss.state_dict())
@@ -141,7 +190,7 @@ def test_state_moves_and_round_trips(name):
 def test_dense_inputs_give_one_value_per_sample(name):
     x, y = loss_inputs(name, n=4, k=5, dense=(3, 2))
     try:
-        out = ready_loss(name, reduction="none")(x, y, **loss_context(name, n=4))
+        out = ready_loss(name, reduction="none")(x, y, **loss_context(name, n=4, like=x))
     except ValueError as err:  # a loss may refuse dense input, but must say so clearly
         assert "input" in str(err)
         return
@@ -155,7 +204,7 @@ def test_dense_inputs_give_one_value_per_sample(name):
 def test_wrong_target_shape_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     with pytest.raises(ValueError, match="target"):
-        ready_loss(name)(x, y[:4], **loss_context(name, n=6))
+        ready_loss(name)(x, y[:4], **loss_context(name, n=6, like=x))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "index"])
@@ -163,7 +212,7 @@ def test_label_out_of_range_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     y[2] = 5
     with pytest.raises(ValueError, match=r"target.*\b5\b|outside"):
-        ready_loss(name)(x, y, **loss_context(name, n=6))
+        ready_loss(name)(x, y, **loss_context(name, n=6, like=x))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if loss_info(n).target == "multilabel"])
@@ -171,7 +220,7 @@ def test_multilabel_target_out_of_range_is_a_clear_error(name):
     x, y = loss_inputs(name, n=6, k=5)
     y[2, 1] = 3.0
     with pytest.raises(ValueError, match="target"):
-        ready_loss(name)(x, y, **loss_context(name, n=6))
+        ready_loss(name)(x, y, **loss_context(name, n=6, like=x))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -179,7 +228,7 @@ def test_nan_input_is_caught_when_asked(name):
     x, y = loss_inputs(name, n=6, k=5)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"input.*NaN"):
-        ready_loss(name, check_finite=True)(x, y, **loss_context(name, n=6))
+        ready_loss(name, check_finite=True)(x, y, **loss_context(name, n=6, like=x))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -199,7 +248,7 @@ def test_class_counts_are_validated(name):
         loss.set_class_counts([10.0, -1.0, 3.0, 4.0, 5.0])
     x, y = loss_inputs(name, n=4, k=5)
     with pytest.raises(ValueError, match="class counts"):
-        loss(x, y, **loss_context(name, n=4))  # none given yet
+        loss(x, y, **loss_context(name, n=4, like=x))  # none given yet
 
 
 def test_unknown_loss_name_suggests_close_names():
@@ -222,7 +271,7 @@ def test_wrong_input_type_is_a_type_error():
 def test_compiled_equals_eager(name):
     torch._dynamo.reset()
     x, y = loss_inputs(name, n=8, k=5)
-    ctx = loss_context(name)
+    ctx = loss_context(name, like=x)
     loss = ready_loss(name, reduction="none")
     compiled = torch.compile(loss, fullgraph=False)
     torch.testing.assert_close(compiled(x, y, **ctx), loss(x, y, **ctx), rtol=1e-5, atol=1e-6)
