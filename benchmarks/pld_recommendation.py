@@ -1,41 +1,30 @@
-"""Plain BPR next to PLD on synthetic implicit feedback with 20% noisy training interactions.
+"""PLD next to plain BPR on synthetic implicit feedback with 20% noisy training interactions.
 
-Matrix factorisation (``lightning_losses.tasks.recommendation``) on 1000 users × 1000 items, each
-training batch made of whole pools (one user row: k = 5 of the user's training positives, one
-sampled negative per positive). Rows of the main table, 3 seeds each:
+Matrix factorisation (``lightning_losses.tasks.recommendation``) on 1000 users × 1000 items with
+35 training interactions per user (28 clean, 7 injected noise). As in the reference
+(Kaike-Zhang/PLD, ``utls/trainer.py``), an epoch holds as many training rows as there are
+training interactions: each user appears 35 times per epoch, and each appearance is a pool of
+k = 5 of the user's training positives, each with its own sampled negative. Methods:
 
-* **BPR (all candidates)**: every candidate weighted 1, no callback. This is standard BPR on
-  exactly the batches PLD sees (the same rows, the same forward and backward cost), so the only
-  difference to PLD is which candidates the loss keeps. It is the fair baseline.
-* **BPR, one uniform candidate per pool**: ``PLD`` with an endless warm-up. It trains on one
-  random positive per user row, like the reference's BPR baseline (one positive per sampled
-  user); it separates the effect of the *choice* from that of using 1 of k triples per pool.
-* **PLD, τ = ...**: the reference's defaults (5 warm-up epochs, one candidate per pool) at each
-  τ of ``--taus`` (0.1 is the reference's). The τ with the best mean validation NDCG@10 is
-  marked; it is the one compared with BPR.
+* **BPR**: plain BPR as the reference trains it, one uniformly drawn positive per user row
+  (``PLD`` with an endless warm-up: the draw never looks at the losses). Every training
+  interaction is trained on once per epoch in expectation.
+* **PLD, τ = 0.1**: the reference's defaults (5 uniform warm-up epochs, then one candidate per
+  pool drawn with probability softmax(−loss/τ)). The same rows, steps and gradient rows as
+  BPR; only *which* positive is trained on differs.
+* **BPR, all k candidates**: every candidate weighted 1 (5× BPR's gradient rows on the same
+  steps), for scale.
 
-Every run keeps the weights of its best validation NDCG@10 (checked every ``--val-every``
-epochs) and reports the test metrics of those weights; nothing is chosen on the test split.
-Hyperparameters (dim 64, AdamW lr 1e-2, weight decay 0.5, 40 epochs of 5 rows per user) were
-chosen for plain BPR on the validation split and are shared by every row. The noisy share is
-the fraction of injected noisy interactions among the candidates the loss trained on after the
-warm-up (0.2: no denoising).
+Each method's AdamW weight decay is chosen from ``--weight-decays`` on the **validation**
+NDCG@10 of the first seed; the other seeds run at that value. Every run keeps the weights of
+its best validation NDCG@10 (checked every ``--val-every`` epochs) and reports the test metrics
+of those weights; nothing is chosen on the test split. The noisy share is the fraction of
+injected noisy interactions among the rows the loss trained on after the warm-up (0.2: no
+denoising). An oracle row (noisy rows dropped, BPR's weight decay, first seed) and the ceiling
+(ranking by the true affinity) bound what denoising can give.
 
-Two more tables, on the first seed and the validation split only, explain the result: the
-validation trajectory of BPR and PLD (τ = first of ``--taus``), and ablations (BPR without
-noise, BPR with the noisy rows dropped by an oracle, PLD drawing 4 of 5 candidates, PLD with
-the other negative layout, PLD with a 20-epoch warm-up).
-
-By default each candidate of a pool has its own sampled negative. ``--shared-negative`` gives
-the k candidates of a pool one negative, for every method, as the reference does (it scores a
-user's k positives against one sampled negative): the draw then compares the positives' scores
-only, while with a negative per row a low BPR loss can also mark an easy negative. It is not
-the default because PLD does not beat BPR with it either, and BPR itself loses about 3 points of
-test NDCG@10 with fewer distinct negatives (the results file has both layouts, 3 seeds).
-
-    python benchmarks/pld_recommendation.py                      # ~10 min on 2 busy cores
-    python benchmarks/pld_recommendation.py --shared-negative --out /tmp/pld_shared.md
-    python benchmarks/pld_recommendation.py --seeds 0 --epochs 10 --taus 0.1
+    python benchmarks/pld_recommendation.py                      # ~25 min on 2 cores
+    python benchmarks/pld_recommendation.py --seeds 0 --epochs 10 --weight-decays 0.2
 """
 
 from __future__ import annotations
@@ -56,6 +45,7 @@ from lightning_losses.tasks.recommendation import (
     SyntheticImplicitFeedback,
     ranking_inputs,
 )
+from lightning_losses.weighting.pld import pld_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,35 +64,62 @@ class KeepBest(L.Callback):
 
 
 class Trace(L.Callback):
-    """Per epoch: the noisy share of the trained rows (weight > 0) and, at each validation,
-    NDCG@10 and PLD's logged losses."""
+    """Per epoch, from the losses the mixin hands to observers: the noisy share of the trained
+    rows (weight > 0), the mean drawn and mean pool loss, PLD's effective candidates at ``tau``,
+    and the validation NDCG@10 of that epoch."""
 
-    def __init__(self) -> None:
-        self.counts: dict[int, list[int]] = {}  # epoch -> [trained rows, noisy among them]
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+        self.sums: dict[int, dict[str, float]] = {}
         self.rows: dict[int, dict[str, float]] = {}
 
     def observe_losses(self, pl_module, batch, losses, sample_weight) -> None:
+        (values,) = losses.values()
+        values = values.detach().double()
         used = torch.ones_like(batch["noisy"]) if sample_weight is None else sample_weight > 0
-        counts = self.counts.setdefault(pl_module.current_epoch, [0, 0])
-        counts[0] += int(used.sum())
-        counts[1] += int((used & batch["noisy"]).sum())
+        p = pld_probabilities(values, batch["pool"], self.tau)
+        _, inverse = torch.unique(batch["pool"], return_inverse=True)
+        concentration = torch.zeros(int(inverse.max()) + 1, dtype=p.dtype).index_add(
+            0, inverse, p.square()
+        )
+        acc = self.sums.setdefault(
+            pl_module.current_epoch,
+            dict.fromkeys(
+                ("trained", "noisy", "drawn_loss", "rows", "pool_loss", "pools", "effective"), 0.0
+            ),
+        )
+        acc["trained"] += int(used.sum())
+        acc["noisy"] += int((used & batch["noisy"]).sum())
+        acc["drawn_loss"] += float(values[used].sum())
+        acc["rows"] += values.numel()
+        acc["pool_loss"] += float(values.sum())
+        acc["pools"] += concentration.numel()
+        acc["effective"] += float((1.0 / concentration).sum())
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        metrics = trainer.callback_metrics
-        keys = (
-            "val/ndcg@10",
-            "train/pld/selected_loss",
-            "train/pld/mean_pool_loss",
-            "train/pld/effective_candidates",
-        )
-        row = {k: float(metrics[k]) for k in keys if k in metrics}
-        trained, noisy = self.counts.get(trainer.current_epoch, [0, 0])
-        row["noisy_share"] = noisy / max(trained, 1)
-        self.rows[trainer.current_epoch] = row
+        if trainer.sanity_checking:
+            return
+        self.rows[trainer.current_epoch] = {
+            "val/ndcg@10": float(trainer.callback_metrics["val/ndcg@10"])
+        }
+
+    def epoch_table(self) -> dict[int, dict[str, float]]:
+        """Validated epochs with the training statistics of the same epoch."""
+        out = {}
+        for epoch, row in self.rows.items():
+            acc = self.sums[epoch]
+            out[epoch] = {
+                **row,
+                "drawn_loss": acc["drawn_loss"] / max(acc["trained"], 1),
+                "pool_loss": acc["pool_loss"] / max(acc["rows"], 1),
+                "effective": acc["effective"] / max(acc["pools"], 1),
+                "noisy_share": acc["noisy"] / max(acc["trained"], 1),
+            }
+        return out
 
     def noisy_share(self, from_epoch: int) -> float:
-        kept = [c for epoch, c in self.counts.items() if epoch >= from_epoch]
-        return sum(c[1] for c in kept) / max(sum(c[0] for c in kept), 1)
+        kept = [acc for epoch, acc in self.sums.items() if epoch >= from_epoch]
+        return sum(a["noisy"] for a in kept) / max(sum(a["trained"] for a in kept), 1)
 
 
 class DropNoisy(L.Callback):
@@ -125,6 +142,7 @@ def run(
     noise: float | None = None,
     shared_negative: bool | None = None,
     warmup: int | None = None,
+    weight_decay: float = 0.2,
     test: bool = True,
 ) -> dict[str, Any]:
     """One training run; ``method`` is "bpr", "uniform", "pld" or "drop_noisy"."""
@@ -133,12 +151,15 @@ def run(
     warmup = args.warmup if warmup is None else warmup
     shared_negative = args.shared_negative if shared_negative is None else shared_negative
     dm = SyntheticImplicitFeedback(
-        noise=noise, examples_per_user=5, shared_negative=shared_negative, seed=seed
+        noise=noise,
+        examples_per_user=args.examples_per_user,
+        shared_negative=shared_negative,
+        seed=seed,
     )
     model = MatrixFactorization(
-        dm.num_users, dm.num_items, dim=64, lr=1e-2, weight_decay=args.weight_decay
+        dm.num_users, dm.num_items, dim=64, lr=1e-2, weight_decay=weight_decay
     )
-    keep, trace = KeepBest(), Trace()
+    keep, trace = KeepBest(), Trace(tau)
     callbacks: list[L.Callback] = [keep, trace]
     if method == "uniform":
         callbacks.insert(0, PLD(warmup_epochs=10**9, seed=seed))
@@ -164,7 +185,7 @@ def run(
         "val/ndcg@10": keep.best,
         "best_epoch": keep.epoch,
         "noisy_share": trace.noisy_share(warmup),
-        "trace": trace.rows,
+        "trace": trace.epoch_table(),
     }
     if test:
         model.load_state_dict(keep.state)
@@ -196,15 +217,44 @@ def fmt(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.2f} ± {scale * statistics.stdev(values):.2f}"
 
 
+METHODS = {
+    "bpr": "BPR (one uniform positive per user row)",
+    "pld": "PLD, τ = {tau:g}",
+    "all": "BPR, all k candidates (5x the gradient rows)",
+}
+
+
+def tuned_runs(method: str, args: argparse.Namespace, **kwargs: Any) -> tuple[float, list, list]:
+    """Weight decay chosen on the first seed's validation NDCG@10, then the other seeds."""
+    first, *others = args.seeds
+    sweep = {
+        wd: run(first, args, method=_kind(method), weight_decay=wd, **kwargs)
+        for wd in args.weight_decays
+    }
+    for wd, r in sweep.items():
+        print(method, "wd", wd, "val", round(r["val/ndcg@10"], 4), flush=True)
+    wd = max(sweep, key=lambda w: sweep[w]["val/ndcg@10"])
+    runs = [sweep[wd]] + [
+        run(s, args, method=_kind(method), weight_decay=wd, **kwargs) for s in others
+    ]
+    return wd, runs, [(w, r["val/ndcg@10"]) for w, r in sweep.items()]
+
+
+def _kind(method: str) -> str:
+    return {"bpr": "uniform", "pld": "pld", "all": "bpr"}[method]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--val-every", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--val-every", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--weight-decay", type=float, default=0.5)
-    parser.add_argument("--taus", nargs="+", type=float, default=[0.1, 1.0, 3.0])
+    parser.add_argument("--tau", type=float, default=0.1)
+    parser.add_argument("--examples-per-user", type=int, default=35)
+    parser.add_argument("--weight-decays", nargs="+", type=float, default=[0.05, 0.2, 0.5])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument(
         "--shared-negative",
         action=argparse.BooleanOptionalAction,
@@ -225,60 +275,39 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    seed0 = args.seeds[0]
 
-    rows: dict[str, list[dict[str, Any]]] = {
-        "BPR (all candidates)": [run(s, args) for s in args.seeds],
-        "BPR, one uniform candidate per pool": [run(s, args, method="uniform") for s in args.seeds],
-    }
-    for tau in args.taus:
-        rows[f"PLD, τ = {tau:g}"] = [run(s, args, method="pld", tau=tau) for s in args.seeds]
-        print(f"PLD τ={tau:g}", [round(r["val/ndcg@10"], 4) for r in rows[f"PLD, τ = {tau:g}"]])
-    pld_rows = [f"PLD, τ = {tau:g}" for tau in args.taus]
-    chosen = max(pld_rows, key=lambda k: statistics.fmean(r["val/ndcg@10"] for r in rows[k]))
+    rows: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+    sweeps: dict[str, list[tuple[float, float]]] = {}
+    for method in args.methods:
+        name = METHODS[method].format(tau=args.tau)
+        wd, runs, sweeps[name] = tuned_runs(method, args, tau=args.tau)
+        rows[name] = (wd, runs)
     best = [ceiling(s, args.noise) for s in args.seeds]
-    tau0 = args.taus[0]
-    layout = "one shared negative per pool" if args.shared_negative else "own negative per row"
-    other_layout = (
-        "own negative per row" if args.shared_negative else "one shared negative per pool"
-    )
-    ablations = {
-        "BPR, 0% noise": run(seed0, args, noise=0.0, test=False),
-        "BPR, noisy rows dropped (oracle)": run(seed0, args, method="drop_noisy", test=False),
-        f"PLD, τ = {tau0:g}, 4 of 5 candidates": run(
-            seed0, args, method="pld", tau=tau0, num_selected=4, test=False
-        ),
-        f"PLD, τ = {tau0:g}, {other_layout}": run(
-            seed0,
-            args,
-            method="pld",
-            tau=tau0,
-            shared_negative=not args.shared_negative,
-            test=False,
-        ),
-        f"PLD, τ = {tau0:g}, warm-up 20 epochs": run(
-            seed0, args, method="pld", tau=tau0, warmup=20, test=False
-        ),
-    }
+    bpr_name = METHODS["bpr"]
+    oracle = None
+    if bpr_name in rows:
+        oracle = run(
+            args.seeds[0], args, method="drop_noisy", weight_decay=rows[bpr_name][0], test=False
+        )
     total = time.perf_counter() - start
 
+    layout = "one shared negative per pool" if args.shared_negative else "own negative per row"
     lines = [
         f"Synthetic implicit feedback, 1000 users × 1000 items, {100 * args.noise:.0f}% noisy "
-        "training interactions; matrix factorisation (dim 64, AdamW lr 1e-2, weight decay "
-        f"{args.weight_decay}), {args.epochs} epochs, pools of k = 5 candidates per user row "
-        f"({layout}). "
-        f"Weights of the best validation NDCG@10 (every {args.val_every} epochs); seeds "
-        f"{', '.join(map(str, args.seeds))}; mean ± std in percent. PLD warm-up "
-        f"{args.warmup} epochs.",
+        f"training interactions; matrix factorisation (dim 64, AdamW lr 1e-2), {args.epochs} "
+        f"epochs of {args.examples_per_user} rows per user, pools of k = 5 candidates ({layout}). "
+        f"Weight decay per method chosen from {args.weight_decays} on seed {args.seeds[0]}'s "
+        f"validation NDCG@10; weights of the best validation NDCG@10 (every {args.val_every} "
+        f"epoch(s)); seeds {', '.join(map(str, args.seeds))}; mean ± std in percent. PLD "
+        f"warm-up {args.warmup} epochs.",
         "",
-        "| method | val NDCG@10 | test Recall@10 | test NDCG@10 | noisy share trained | "
-        "best epoch | seconds per run |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | weight decay | val NDCG@10 | test Recall@10 | test NDCG@10 | noisy share "
+        "trained | best epoch | seconds per run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, runs in rows.items():
-        mark = " (τ chosen on validation)" if name == chosen else ""
+    for name, (wd, runs) in rows.items():
         lines.append(
-            f"| {name}{mark} | {fmt([r['val/ndcg@10'] for r in runs])} | "
+            f"| {name} | {wd:g} | {fmt([r['val/ndcg@10'] for r in runs])} | "
             f"{fmt([r['test/recall@10'] for r in runs])} | "
             f"{fmt([r['test/ndcg@10'] for r in runs])} | "
             f"{statistics.fmean(r['noisy_share'] for r in runs):.3f} | "
@@ -286,51 +315,54 @@ def main() -> None:
             f"{statistics.fmean(r['seconds'] for r in runs):.0f} |"
         )
     lines.append(
-        f"| ranking by the true affinity (ceiling) | {fmt([c['val/ndcg@10'] for c in best])} | "
+        f"| ranking by the true affinity (ceiling) | – | {fmt([c['val/ndcg@10'] for c in best])} | "
         f"{fmt([c['test/recall@10'] for c in best])} | "
         f"{fmt([c['test/ndcg@10'] for c in best])} | – | – | – |"
     )
-    bpr = rows["BPR (all candidates)"]
-    gap = [p["test/ndcg@10"] - b["test/ndcg@10"] for b, p in zip(bpr, rows[chosen], strict=True)]
+    pld_name = METHODS["pld"].format(tau=args.tau)
+    if bpr_name in rows and pld_name in rows:
+        pairs = zip(rows[bpr_name][1], rows[pld_name][1], strict=True)
+        gap = [p["test/ndcg@10"] - b["test/ndcg@10"] for b, p in pairs]
+        lines += [
+            "",
+            f"Test NDCG@10 of PLD minus BPR, paired by seed: {fmt(gap)} points "
+            f"({sum(g > 0 for g in gap)} of {len(gap)} seeds above).",
+        ]
     lines += [
         "",
-        f"Test NDCG@10 of PLD ({chosen.split(', ')[1]}, chosen on validation) minus BPR, paired "
-        f"by seed: {fmt(gap)} points.",
+        f"Weight-decay sweep, seed {args.seeds[0]}, best validation NDCG@10 (percent):",
         "",
-        f"Validation trajectory, seed {seed0}: plain BPR next to PLD with τ = {tau0:g}. PLD's "
-        "losses and effective candidates (of 5) are the means it logs over the epoch "
-        "(`train/pld/...`); the noisy share is that of the rows trained on in the epoch.",
-        "",
-        "| epoch | BPR val NDCG@10 | PLD val NDCG@10 | PLD drawn loss | PLD mean pool loss | "
-        "PLD effective candidates | PLD noisy share |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | " + " | ".join(f"wd {w:g}" for w in args.weight_decays) + " |",
+        "| --- | " + " | ".join("---" for _ in args.weight_decays) + " |",
     ]
-    bpr_trace, pld_trace = bpr[0]["trace"], rows[f"PLD, τ = {tau0:g}"][0]["trace"]
-    for epoch, row in pld_trace.items():
-        lines.append(
-            f"| {epoch} | {100 * bpr_trace[epoch]['val/ndcg@10']:.2f} | "
-            f"{100 * row['val/ndcg@10']:.2f} | {row['train/pld/selected_loss']:.3f} | "
-            f"{row['train/pld/mean_pool_loss']:.3f} | "
-            f"{row['train/pld/effective_candidates']:.2f} | {row['noisy_share']:.3f} |"
-        )
-    lines += [
-        "",
-        f"Ablations, seed {seed0}, validation split only (best validation NDCG@10 of one run; "
-        "the same seed's BPR and PLD rows of the main table for comparison). The noisy share "
-        "counts the epochs after the run's warm-up.",
-        "",
-        "| variant | val NDCG@10 | noisy share trained | best epoch |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, r in {
-        "BPR (all candidates)": bpr[0],
-        f"PLD, τ = {tau0:g}": rows[f"PLD, τ = {tau0:g}"][0],
-        **ablations,
-    }.items():
-        lines.append(
-            f"| {name} | {100 * r['val/ndcg@10']:.2f} | {r['noisy_share']:.3f} | "
-            f"{r['best_epoch']} |"
-        )
+    for name, sweep in sweeps.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for _, v in sweep) + " |")
+    if oracle is not None:
+        lines += [
+            "",
+            f"Oracle, seed {args.seeds[0]}: BPR with the injected noisy rows dropped (weight "
+            f"decay {rows[bpr_name][0]:g}) reaches validation NDCG@10 "
+            f"{100 * oracle['val/ndcg@10']:.2f}.",
+        ]
+    if bpr_name in rows and pld_name in rows:
+        bpr_trace, pld_trace = rows[bpr_name][1][0]["trace"], rows[pld_name][1][0]["trace"]
+        lines += [
+            "",
+            f"Validation trajectory, seed {args.seeds[0]} (each at its chosen weight decay). "
+            "PLD's drawn loss, mean pool loss, effective candidates (of 5, at τ) and noisy "
+            "share are means over the rows and pools of that epoch's training steps.",
+            "",
+            "| epoch | BPR val NDCG@10 | PLD val NDCG@10 | PLD drawn loss | PLD mean pool loss | "
+            "PLD effective candidates | PLD noisy share |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for epoch, row in pld_trace.items():
+            other = bpr_trace.get(epoch, {})
+            lines.append(
+                f"| {epoch} | {100 * other.get('val/ndcg@10', float('nan')):.2f} | "
+                f"{100 * row['val/ndcg@10']:.2f} | {row['drawn_loss']:.3f} | "
+                f"{row['pool_loss']:.3f} | {row['effective']:.2f} | {row['noisy_share']:.3f} |"
+            )
     lines += ["", f"Whole benchmark: {total / 60:.1f} min with {args.threads} thread(s)."]
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

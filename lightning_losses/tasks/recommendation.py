@@ -239,7 +239,10 @@ class SyntheticImplicitFeedback(L.LightningDataModule):
         interactions_per_user: m liked items per user. Default 40.
         noise: fraction of noisy training interactions, in [0, 1). Default 0.2.
         num_candidates: k candidates per pool. Default 5 (PLD's ``--item_num``).
-        examples_per_user: user rows per epoch per user. Default 1.
+        examples_per_user: user rows per epoch per user. Default ``None``: one per training
+            interaction of the user (``num_clean + num_noisy``), so that an epoch trains as many
+            rows as there are interactions, as the reference's epochs do (PLD's warm-up is
+            counted in these epochs).
         shared_negative: one negative for all k candidates of a pool, as the reference
             (``get_train_batch(..., multi_sample=True)``); then the losses of a pool differ
             only through the positives' scores. Default False: one negative per candidate.
@@ -261,7 +264,7 @@ class SyntheticImplicitFeedback(L.LightningDataModule):
         interactions_per_user: int = 40,
         noise: float = 0.2,
         num_candidates: int = DEFAULT_NUM_CANDIDATES,
-        examples_per_user: int = 1,
+        examples_per_user: int | None = None,
         shared_negative: bool = False,
         batch_size: int = 256,
         eval_batch_size: int = 500,
@@ -280,7 +283,11 @@ class SyntheticImplicitFeedback(L.LightningDataModule):
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"`noise` must lie in [0, 1); got {noise!r}.")
         self.num_candidates = check_int(num_candidates, "num_candidates", 1)
-        self.examples_per_user = check_int(examples_per_user, "examples_per_user", 1)
+        self._examples_per_user = (
+            None
+            if examples_per_user is None
+            else check_int(examples_per_user, "examples_per_user", 1)
+        )
         if not isinstance(shared_negative, bool):
             raise TypeError(
                 f"`shared_negative` must be a bool; got {type(shared_negative).__name__}."
@@ -349,6 +356,13 @@ class SyntheticImplicitFeedback(L.LightningDataModule):
         return out.scatter_(1, items, True)
 
     # -- training batches ---------------------------------------------------------------------
+
+    @property
+    def examples_per_user(self) -> int:
+        """User rows per epoch per user (see the argument)."""
+        if self._examples_per_user is None:
+            return self.num_clean + self.num_noisy
+        return self._examples_per_user
 
     @property
     def num_examples(self) -> int:
