@@ -4,6 +4,7 @@ from .distillation import Distillation
 from .dro_weighting import DROWeighting
 from .group_dro import GroupDRO
 from .infobatch import InfoBatch, estimated_stepping_batches
+from .loss_landscape import LossLandscape
 from .pld import PLD
 from .sam import ASAM, AWP, SAM
 from .sampler_owner import TrainSamplerOwner
@@ -17,6 +18,7 @@ __all__ = [
     "Distillation",
     "GroupDRO",
     "InfoBatch",
+    "LossLandscape",
     "TrainSamplerOwner",
     "estimated_stepping_batches",
 ]
