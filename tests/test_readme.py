@@ -46,3 +46,14 @@ def test_readme_callbacks_snippet():
     namespace: dict = {}
     exec(_python_blocks()[2], namespace)
     assert any(isinstance(cb, InfoBatch) for cb in namespace["trainer"].callbacks)
+
+
+def test_readme_teacher_and_flatness_snippet():
+    from lightning_losses.callbacks import SAM, Distillation, LossLandscape
+
+    namespace: dict = {}
+    exec(_python_blocks()[3], namespace)
+    distill, landscape = namespace["callbacks"]
+    assert isinstance(distill, Distillation) and isinstance(landscape, LossLandscape)
+    (sam,) = namespace["flat"]
+    assert isinstance(sam, SAM) and sam.rho == 0.05
