@@ -9,17 +9,20 @@ and then corrects what Lightning derived from the old length: the number of batc
 epoch of a ``fit`` call, the iterator that ``setup_data`` already started.
 
 These are private attributes of Lightning's ``FitLoop`` (``_combined_loader``,
-``_data_fetcher``, ``max_batches``); the tests of the sampler-owning callbacks exercise every
+``_data_fetcher``, ``max_batches``, and ``_data_source`` for the one-batch dry run of
+:func:`first_train_batch`); the tests of the sampler-owning callbacks exercise every
 one of them, so a change in Lightning fails there, loudly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
 from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 
@@ -38,6 +41,21 @@ def current_train_loader(trainer: L.Trainer) -> DataLoader[Any]:
             f"{[type(dl).__name__ for dl in loaders]}."
         )
     return loaders[0]
+
+
+def first_train_batch(trainer: L.Trainer) -> Any:
+    """One batch of the training dataloader, drawn from a fresh iterator (for dry runs)."""
+    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+    loaders = source.dataloader() if source is not None else None
+    if loaders is None:
+        raise RuntimeError(
+            "Distillation needs one training batch at setup to size the feature adapters, but "
+            "no training dataloader was found; pass `adapters=False` or give fit a dataloader."
+        )
+    if isinstance(loaders, Mapping | list | tuple):
+        batch, _, _ = next(iter(CombinedLoader(loaders, "max_size_cycle")))
+        return batch
+    return next(iter(loaders))
 
 
 def check_map_style(loader: DataLoader[Any], owner: str) -> int:

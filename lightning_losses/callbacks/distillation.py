@@ -25,7 +25,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor, nn
 
 from .._checks import check_positive
@@ -44,6 +43,7 @@ from ..registry import build_loss, list_losses
 from ._batch_ids import batch_ids
 from ._features import FeatureTap, make_adapter
 from ._teachers import TeacherSource, num_classes_of, parse_teacher
+from ._train_loader import first_train_batch
 
 #: Attribute of the student that holds the adapters: ``ModuleDict`` of term name -> ``ModuleDict``.
 ADAPTERS_ATTR = "distill_adapters"
@@ -650,7 +650,7 @@ class Distillation(L.Callback):
         """Feature shapes (without the batch dim) of one training batch, student and teacher."""
         assert self._student_tap is not None and self._teacher_tap is not None
         with _preserved_rng():
-            batch = _first_batch(trainer)
+            batch = first_train_batch(trainer)
         batch = trainer.strategy.batch_to_device(batch, device)
         x = self._read_input(batch)
         modes = {m: m.training for m in pl_module.modules()}
@@ -672,21 +672,6 @@ class Distillation(L.Callback):
             [tuple(f.shape[1:]) for f in student],
             [tuple(teacher[f"feature{i}"].shape[1:]) for i in range(len(student))],
         )
-
-
-def _first_batch(trainer: L.Trainer) -> Any:
-    """One batch of the training dataloader, as the fit loop would draw it."""
-    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-    loaders = source.dataloader() if source is not None else None
-    if loaders is None:
-        raise RuntimeError(
-            "Distillation needs one training batch at setup to size the feature adapters, but "
-            "no training dataloader was found; pass `adapters=False` or give fit a dataloader."
-        )
-    if isinstance(loaders, Mapping | list | tuple):
-        batch, _, _ = next(iter(CombinedLoader(loaders, "max_size_cycle")))
-        return batch
-    return next(iter(loaders))
 
 
 @contextmanager
