@@ -44,10 +44,20 @@ statistics, but their running statistics and ``num_batches_tracked`` are restore
 they move once per batch (davda54/sam's ``disable_running_stats``, exactly). Calls to
 ``self.log`` / ``self.log_dict`` inside the second ``training_step`` are ignored, so logged
 metrics come from the first pass (the loss at :math:`w`). The ``on_before_backward`` /
-``on_after_backward`` hooks are not called again. **Other state that ``training_step`` changes
-changes twice**: a :class:`~lightning_losses.LossMixin` pipeline consults its callbacks again
-(``GroupDRO`` steps :math:`q` twice, score stores observe the batch twice) and dropout draws new
-masks.
+``on_after_backward`` hooks are not called again.
+
+**The LossMixin pipeline.** For a module that uses :class:`~lightning_losses.LossMixin`, the
+callback records the pipeline's sample weights over the accumulation window
+(:meth:`~lightning_losses.LossMixin.record_loss_pipeline` at its first micro-batch) and runs the
+second pass inside :meth:`~lightning_losses.LossMixin.replaying_loss_pipeline`: every
+``compute_loss`` call of the second pass reuses, in order, the sample weights of the matching
+call of the first pass, observers are not called and nothing is logged. ``GroupDRO`` thus steps
+:math:`q` once per micro-batch and both passes weight with that :math:`q`, ``PLD`` draws once
+(both passes train on the same candidates), ``InfoBatch`` and ``DROWeighting`` weight both
+passes alike and score stores observe every batch once. Loss terms (``Distillation``) are
+computed again at :math:`w + e`. **Other state that ``training_step`` changes changes twice**:
+dropout draws new masks, and a criterion with per-sample state (``ALDRKLLoss``'s table) is
+evaluated twice.
 
 **Gradient accumulation.** :math:`e` is computed once per optimiser step, from the accumulated
 gradient (the mean over the accumulation window, as Lightning forms it), and the second pass
@@ -90,7 +100,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from .._checks import check_int, check_positive
 from ..flatness import awp_perturbation, sam_perturbation
-from ..mixins.protocols import LossObserver, SampleWeighter
+from ..mixins.loss_mixin import LossMixin, LossPipelineRecord
 
 
 class WeightPerturbation(L.Callback):
@@ -136,33 +146,44 @@ class WeightPerturbation(L.Callback):
                 f"{name} cannot run with {type(trainer.strategy).__name__}, which accumulates "
                 "gradients itself; use DDP or a single device."
             )
-        # The second pass re-runs training_step, so LossMixin would consult these callbacks
-        # twice per step: GroupDRO would update q twice, PLD draw again, score stores count the
-        # batch twice. Refuse rather than train on silently altered weights.
-        stateful = [
-            type(cb).__name__
-            for cb in trainer.callbacks
-            if isinstance(cb, SampleWeighter | LossObserver)
-        ]
-        if stateful:
+        # Distillation keeps the teacher's outputs (and the student's hooked features) of the
+        # current micro-batch only, so a replay of earlier micro-batches would read the wrong ones.
+        distill = [cb for cb in trainer.callbacks if type(cb).__name__ == "Distillation"]
+        if distill and trainer.accumulate_grad_batches > 1:
             raise ValueError(
-                f"{name} cannot run together with {', '.join(sorted(set(stateful)))}: its second "
-                "forward/backward pass re-runs training_step, and these callbacks of the LossMixin "
-                "pipeline would weight or observe every batch twice."
+                f"{name} with Distillation needs `accumulate_grad_batches=1` (got "
+                f"{trainer.accumulate_grad_batches}): the second pass re-runs every micro-batch of "
+                "the window, but Distillation holds the teacher outputs of the last one only."
             )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._window = []
+        _take_record(pl_module)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._window = []
+        _take_record(pl_module)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # The first micro-batch of a window that will be perturbed: record the LossMixin
+        # pipeline's sample weights for the second pass (global_step is constant in the window).
+        if (
+            not self._window
+            and isinstance(pl_module, LossMixin)
+            and trainer.global_step % self.interval == 0
+        ):
+            pl_module.record_loss_pipeline()
         self._window.append((batch, batch_idx))
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         window, self._window = self._window, []
+        record = _take_record(pl_module)  # cleared on every step, perturbed or not
         if not window or trainer.global_step % self.interval:
             return
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -184,7 +205,7 @@ class WeightPerturbation(L.Callback):
         for p in params:
             p.grad = None
         try:
-            self._second_pass(trainer, pl_module, window, scaler)
+            self._second_pass(trainer, pl_module, window, scaler, record)
         finally:
             with torch.no_grad():
                 for p, w in zip(chosen, saved, strict=True):
@@ -200,10 +221,25 @@ class WeightPerturbation(L.Callback):
         pl_module: L.LightningModule,
         window: list[tuple[Any, int]],
         scaler: Any,
+        record: LossPipelineRecord | None = None,
     ) -> None:
-        """Gradient of the window's loss at the perturbed weights, as Lightning would form it."""
+        """Gradient of the window's loss at the perturbed weights, as Lightning would form it.
+
+        A :class:`~lightning_losses.LossMixin` module replays ``record``, the first pass's
+        sample weights, so the pipeline's weighters and observers see the window once.
+        """
         strategy = trainer.strategy
-        with _frozen_running_stats(pl_module), _muted_logging(pl_module), torch.enable_grad():
+        replay = (
+            pl_module.replaying_loss_pipeline(record)
+            if isinstance(pl_module, LossMixin)
+            else contextlib.nullcontext()
+        )
+        with (
+            _frozen_running_stats(pl_module),
+            _muted_logging(pl_module),
+            replay,
+            torch.enable_grad(),
+        ):
             for i, (batch, batch_idx) in enumerate(window):
                 last = i == len(window) - 1
                 sync = (
@@ -331,6 +367,11 @@ class AWP(WeightPerturbation):
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _take_record(pl_module: Any) -> LossPipelineRecord | None:
+    """Stop the LossMixin pipeline's recording and return what it recorded (if anything)."""
+    return pl_module.take_loss_record() if isinstance(pl_module, LossMixin) else None
 
 
 def _all_finite(tensors: Sequence[Tensor]) -> bool:

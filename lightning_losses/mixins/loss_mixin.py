@@ -13,12 +13,28 @@
 The mixin also fills the context a loss declares (see ``Loss.context``): ``epoch`` from the
 trainer, ``index`` from the batch, and, once, class counts from the datamodule's
 ``class_counts``. Every term is logged as ``{stage}/loss/{name}`` next to ``{stage}/loss``.
+
+**Replaying a pass.** A callback that re-runs ``training_step`` on the same micro-batches
+(:class:`~lightning_losses.callbacks.sam.SAM`'s second pass at perturbed weights) must not let
+the pipeline weight or observe those batches a second time: ``GroupDRO`` would step
+:math:`q` twice, ``PLD`` would draw again, score stores would count the batch twice. It
+therefore brackets the first pass with :meth:`LossMixin.record_loss_pipeline` (every training
+``compute_loss`` call appends its product of sample weights to a
+:class:`LossPipelineRecord`, a reference per call, nothing copied) and runs the second pass
+inside ``with module.replaying_loss_pipeline(module.take_loss_record()):``. During the replay
+each training call takes, in order, the weights the matching call of the first pass computed
+(no ``SampleWeighter`` is called), calls no ``LossObserver`` and logs nothing, but still
+computes the task loss and asks every ``LossTermProvider`` for its terms at the current
+(perturbed) weights. The record covers whatever happened between ``record_loss_pipeline`` and
+``take_loss_record``: SAM starts it at the first micro-batch of an accumulation window and takes
+it at the optimiser step, so one record holds the calls of every micro-batch of the window.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +64,55 @@ def batch_indices(batch: Any, callbacks: Sequence[Any] = ()) -> Tensor:
         "available: give the batch an 'index' entry (a mapping batch), or train with a callback "
         f"that owns the training sampler (InfoBatch); got a {type(batch).__name__} batch."
     )
+
+
+class LossPipelineRecord:
+    """The sample weights of recorded training ``compute_loss`` calls, in call order.
+
+    One entry per call: the number of samples and the product of the sample weights the
+    pipeline's ``SampleWeighter`` callbacks returned (``None`` when no callback weighted). The
+    tensors are the ones the pass used (detached), not copies. Filled between
+    :meth:`LossMixin.record_loss_pipeline` and :meth:`LossMixin.take_loss_record`; read by
+    :meth:`LossMixin.replaying_loss_pipeline`.
+    """
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Tensor | None]] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def append(self, n: int, sample_weight: Tensor | None) -> None:
+        self.calls.append((n, None if sample_weight is None else sample_weight.detach()))
+
+
+class _Replay:
+    """Hands out the recorded weights one call at a time (see ``replaying_loss_pipeline``)."""
+
+    def __init__(self, record: LossPipelineRecord) -> None:
+        self.record = record
+        self.used = 0
+
+    def next(self, n: int) -> Tensor | None:
+        if self.used >= len(self.record):
+            raise RuntimeError(
+                f"replaying the loss pipeline: compute_loss(stage='train') was called "
+                f"{self.used + 1} times, but the recorded pass made only {len(self.record)} "
+                "such call(s), so there are no sample weights to reuse. The replayed "
+                "training_step must call compute_loss exactly as the first pass did (same "
+                "micro-batches, same order)."
+            )
+        recorded_n, weight = self.record.calls[self.used]
+        if recorded_n != n:
+            raise RuntimeError(
+                f"replaying the loss pipeline: call {self.used + 1} has {n} samples, but the "
+                f"matching call of the recorded pass had {recorded_n}; the replay must re-run "
+                "the same micro-batches in the same order."
+            )
+        self.used += 1
+        return weight
 
 
 class _TorchLossAdapter:
@@ -92,10 +157,12 @@ class LossMixin:
     ) -> Tensor:
         """Run the pipeline and return the scalar loss; logs every term under ``stage``."""
         criterion = criterion if criterion is not None else self._criterion()
+        replay: _Replay | None = self.__dict__.get("_loss_replay")
         main = self._main_term(criterion, outputs, target, batch)
         if main is None:  # an opaque callable: only a scalar is available
             loss = criterion(outputs, target)
-            self._log_losses(stage, loss, {}, batch_size=_batch_size(target))
+            if replay is None:
+                self._log_losses(stage, loss, {}, batch_size=_batch_size(target))
             return loss
 
         terms: dict[str, LossTerm] = {self._term_name(criterion): LossTerm(main, 1.0)}
@@ -123,23 +190,78 @@ class LossMixin:
                 )
         total = sum(t.weight * values[name].values for name, t in terms.items())
 
-        sample_weight = None
-        detached_total = total.detach()
-        for cb in callbacks:
-            if isinstance(cb, SampleWeighter):
-                w = cb.sample_weights(self, batch, detached_total)
-                sample_weight = w if sample_weight is None else sample_weight * w
+        sample_weight: Tensor | None = None
+        if replay is not None and stage == "train":
+            sample_weight = replay.next(n)  # the first pass's weights; no weighter is called
+        else:
+            detached_total = total.detach()
+            for cb in callbacks:
+                if isinstance(cb, SampleWeighter):
+                    w = cb.sample_weights(self, batch, detached_total)
+                    sample_weight = w if sample_weight is None else sample_weight * w
+            record: LossPipelineRecord | None = self.__dict__.get("_loss_record")
+            if record is not None and stage == "train":
+                record.append(n, sample_weight)
 
         reduction = getattr(criterion, "reduction", "mean")
         reduction = "mean" if reduction == "none" else reduction
         loss = reduce_loss(PerSample(total, main.valid), reduction, sample_weight)
 
+        if replay is not None:  # observed and logged in the recorded pass already
+            return loss
         detached = {name: v.values.detach() for name, v in values.items()}
         for cb in callbacks:
             if isinstance(cb, LossObserver):
                 cb.observe_losses(self, batch, detached, sample_weight)
         self._log_losses(stage, loss, values, batch_size=n)
         return loss
+
+    # -- recording and replaying a pass -----------------------------------------------------
+
+    def record_loss_pipeline(self) -> LossPipelineRecord:
+        """Start recording the sample weights of every training ``compute_loss`` call.
+
+        Replaces any record in progress (its calls are dropped). Recording costs one list
+        entry per call: the weight tensor the pass used, kept by reference until
+        :meth:`take_loss_record`. Calls at other stages than ``"train"`` are not recorded.
+        """
+        record = LossPipelineRecord()
+        self.__dict__["_loss_record"] = record
+        return record
+
+    def take_loss_record(self) -> LossPipelineRecord | None:
+        """Stop recording and return the record (``None`` when none was in progress)."""
+        return self.__dict__.pop("_loss_record", None)
+
+    @contextlib.contextmanager
+    def replaying_loss_pipeline(self, record: LossPipelineRecord | None) -> Iterator[None]:
+        """Re-run recorded training passes without touching the pipeline's callbacks' state.
+
+        Inside the block the ``i``-th ``compute_loss(stage="train")`` call uses the sample
+        weights of the ``i``-th recorded call (its ``SampleWeighter`` callbacks are not called,
+        so their state and random draws stay as the recorded pass left them), calls no
+        ``LossObserver`` and logs nothing; the task loss and the ``LossTermProvider`` terms are
+        computed afresh, at the module's current weights. ``None`` replays an empty record.
+
+        Raises:
+            RuntimeError: a call beyond the recorded ones, a call whose batch size differs from
+                the recorded call's, or, on leaving the block normally, fewer calls than were
+                recorded (the replay did not re-run what was recorded).
+        """
+        if self.__dict__.get("_loss_replay") is not None:
+            raise RuntimeError("the loss pipeline is already being replayed; replays do not nest.")
+        replay = _Replay(record if record is not None else LossPipelineRecord())
+        self.__dict__["_loss_replay"] = replay
+        try:
+            yield
+        finally:
+            del self.__dict__["_loss_replay"]
+        if replay.used != len(replay.record):
+            raise RuntimeError(
+                f"replaying the loss pipeline: the recorded pass made {len(replay.record)} "
+                f"training compute_loss call(s), the replay only {replay.used}; the replay must "
+                "re-run the same micro-batches in the same order."
+            )
 
     # -- pieces of the pipeline -------------------------------------------------------------
 

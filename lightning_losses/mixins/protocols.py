@@ -14,6 +14,12 @@ three things. A callback implements any subset of these methods; nothing else is
 
 Sample weights from several callbacks multiply, in the callbacks' order; the product is what the
 reduction applies. Only the training stage consults callbacks.
+
+A pass that re-runs ``training_step`` on batches already trained on (SAM's second pass, inside
+:meth:`~lightning_losses.LossMixin.replaying_loss_pipeline`) asks only ``loss_terms`` again:
+it reuses the recorded sample weights and observes nothing, so ``sample_weights`` and
+``observe_losses`` run once per micro-batch and may update state freely. ``loss_terms`` may run
+more than once per micro-batch and should not change state.
 """
 
 from __future__ import annotations

@@ -17,10 +17,14 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
+import lightning_losses.mixins.loss_mixin as loss_mixin_module
+from lightning_losses import LossMixin, build_loss
+from lightning_losses.callbacks import PLD, GroupDRO, InfoBatch
 from lightning_losses.callbacks.sam import ASAM, AWP, SAM, _unscale_second_pass
 from lightning_losses.flatness import awp_perturbation, global_norm, sam_perturbation
+from lightning_losses.mixins.protocols import LossTerm
 
 D, H, K, N = 4, 6, 3, 16
 LR = 0.2
@@ -58,7 +62,17 @@ def data(dtype=torch.float64, n: int = N) -> TensorDataset:
     )
 
 
-def fit(model, callbacks=(), *, steps=1, batch_size=8, ckpt_path=None, dtype=torch.float64, **kw):
+def fit(
+    model,
+    callbacks=(),
+    *,
+    steps=1,
+    batch_size=8,
+    ckpt_path=None,
+    dtype=torch.float64,
+    dataset=None,
+    **kw,
+):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -70,7 +84,8 @@ def fit(model, callbacks=(), *, steps=1, batch_size=8, ckpt_path=None, dtype=tor
         enable_model_summary=False,
         **kw,
     )
-    loader = DataLoader(data(dtype), batch_size=batch_size, shuffle=False)
+    dataset = data(dtype) if dataset is None else dataset
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     trainer.fit(model, loader, ckpt_path=ckpt_path)
     return trainer
 
@@ -422,11 +437,211 @@ def test_manual_optimisation_is_refused():
         fit(Manual(), [SAM()])
 
 
-def test_loss_pipeline_callbacks_that_would_see_the_batch_twice_are_refused():
-    from lightning_losses.callbacks import GroupDRO, InfoBatch
+# -- composition with the LossMixin pipeline ---------------------------------------------------
 
-    for other in (GroupDRO(num_groups=2), InfoBatch()):
-        with pytest.raises(
-            ValueError, match=rf"SAM cannot run together with {type(other).__name__}"
-        ):
-            fit(Net(), [SAM(), other])
+
+class PipelineNet(LossMixin, Net):
+    """``Net`` whose loss runs through the LossMixin pipeline; tuple or dict batches."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.criterion = build_loss("cross_entropy")
+
+    def training_step(self, batch, batch_idx):
+        x, y = (batch["x"], batch["y"]) if isinstance(batch, dict) else (batch[0], batch[1])
+        return self.compute_loss(self(x), y, batch=batch)
+
+
+class DictData(Dataset):
+    """``data()`` as dict rows with a group (``i % 2``) and a pool (``i // 2``) per row."""
+
+    def __init__(self) -> None:
+        self.x, self.y = data().tensors
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "x": self.x[i],
+            "y": self.y[i],
+            "group": torch.tensor(i % 2),
+            "pool": torch.tensor(i // 2),
+        }
+
+
+class Counter(L.Callback):
+    """A loss-term provider, a weighter (all ones) and an observer that count their calls."""
+
+    def __init__(self) -> None:
+        self.terms = self.weights = self.observed = 0
+
+    def loss_terms(self, pl_module, outputs, target, batch):
+        self.terms += 1
+        return {"zero": LossTerm(torch.zeros(outputs.shape[0], dtype=outputs.dtype))}
+
+    def sample_weights(self, pl_module, batch, losses):
+        self.weights += 1
+        return torch.ones_like(losses)
+
+    def observe_losses(self, pl_module, batch, losses, sample_weight):
+        self.observed += 1
+
+
+@pytest.fixture
+def reduced_weights(monkeypatch):
+    """The sample weights of every ``compute_loss`` reduction, in call order."""
+    seen: list[torch.Tensor | None] = []
+    reduce = loss_mixin_module.reduce_loss
+
+    def spy(values, reduction, *weight):
+        if weight:  # compute_loss's reduction; the logged means pass no weight
+            seen.append(None if weight[0] is None else weight[0].clone())
+        return reduce(values, reduction, *weight)
+
+    monkeypatch.setattr(loss_mixin_module, "reduce_loss", spy)
+    return seen
+
+
+def test_group_dro_q_steps_once_per_micro_batch_as_without_sam():
+    for kw in ({}, {"batch_size": 4, "accumulate_grad_batches": 2}):
+        with_sam, without = GroupDRO(num_groups=2, step_size=2.0), GroupDRO(2, step_size=2.0)
+        fit(PipelineNet(), [SAM(rho=0.3), with_sam], dataset=DictData(), **kw)
+        fit(PipelineNet(), [without], dataset=DictData(), **kw)
+        assert torch.equal(with_sam.q, without.q)
+        assert torch.equal(with_sam.batches_seen, without.batches_seen)
+        assert with_sam.samples_seen.tolist() == [4, 4]
+        assert not torch.equal(with_sam.q, torch.full((2,), 0.5, dtype=torch.float64))
+
+
+def test_sam_with_group_dro_equals_the_two_pass_update_with_one_set_of_weights():
+    rho, eta = 0.3, 2.0
+    model = PipelineNet()
+    rows = DictData()
+    x, y = rows.x[:8], rows.y[:8]
+    groups = torch.arange(8) % 2
+    probe = copy.deepcopy(model)
+    w = params(model)
+
+    def per_sample(weights):
+        return F.cross_entropy(functional_call(probe, weights, (x,)), y, reduction="none")
+
+    def grad(weights, v):
+        leaves = {k: t.detach().clone().requires_grad_(True) for k, t in weights.items()}
+        loss = (v * per_sample(leaves)).mean()
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+    dro = GroupDRO(num_groups=2, step_size=eta)
+    v = dro.sample_weights(None, {"group": groups}, per_sample(w).detach())  # q steps once
+    g = grad(w, v)
+    norm = math.sqrt(sum(float(t.pow(2).sum()) for t in g.values()))
+    shifted = {k: w[k] + rho * g[k] / norm for k in w}
+    g2 = grad(shifted, v)  # the second pass: same GroupDRO weights v
+    expected = {k: w[k] - LR * g2[k] for k in w}
+    # weights from a second q step (what a naive re-run would use) give another update
+    v_twice = dro.sample_weights(None, {"group": groups}, per_sample(shifted).detach())
+    assert not torch.allclose(v_twice, v)
+    naive = grad(shifted, v_twice)
+
+    callback = GroupDRO(num_groups=2, step_size=eta)
+    fit(model, [SAM(rho=rho), callback], dataset=rows)
+    for k, t in params(model).items():
+        torch.testing.assert_close(t, expected[k], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(
+        params(model)["net.0.weight"], w["net.0.weight"] - LR * naive["net.0.weight"]
+    )
+    q_once = GroupDRO(num_groups=2, step_size=eta)
+    q_once.sample_weights(None, {"group": groups}, per_sample(w).detach())
+    assert torch.equal(callback.q, q_once.q)
+
+
+def test_infobatch_scores_each_trained_sample_once_per_epoch():
+    callback = InfoBatch(prune_ratio=0.5, seed=1)
+    fit(
+        PipelineNet(),
+        [SAM(rho=0.1), callback],
+        steps=-1,
+        max_epochs=4,
+        batch_size=4,
+        accumulate_grad_batches=2,
+    )
+    store = callback.store
+    assert store is not None
+    assert callback.history[0]["trained"] == N
+    assert any(h["pruned"] > 0 for h in callback.history)  # a pruned epoch happened
+    assert int(store.visits.sum()) == sum(h["trained"] for h in callback.history)
+    assert int(store.visits.max()) <= 4 and int(store.visits.min()) >= 1
+
+
+def test_pld_draw_is_the_same_in_both_passes(reduced_weights):
+    class CountingPLD(PLD):
+        calls = 0
+
+        def sample_weights(self, pl_module, batch, losses):
+            CountingPLD.calls += 1
+            return super().sample_weights(pl_module, batch, losses)
+
+    callback = CountingPLD(temperature=10.0, warmup_epochs=0, seed=3)
+    fit(PipelineNet(), [SAM(rho=0.3), callback], steps=2, dataset=DictData())
+    assert CountingPLD.calls == 2  # one draw per batch
+    assert len(reduced_weights) == 4  # two passes per batch
+    for first, second in (reduced_weights[0:2], reduced_weights[2:4]):
+        assert torch.equal(first, second)
+        assert set(first.tolist()) == {0.0, 2.0}  # one of each pool of 2, weight |P|/s
+    # the first draw is the one a run without SAM makes (call 0 of batch 0)
+    sam_first = reduced_weights[0]
+    reduced_weights.clear()
+    fit(PipelineNet(), [PLD(temperature=10.0, warmup_epochs=0, seed=3)], dataset=DictData())
+    assert torch.equal(reduced_weights[0], sam_first)
+
+
+@pytest.mark.parametrize(("interval", "perturbed"), [(1, 3), (2, 2)])
+def test_observers_and_weighters_see_each_batch_once_terms_every_pass(interval, perturbed):
+    counter = Counter()
+    model = PipelineNet()
+    fit(
+        model,
+        [SAM(rho=0.3, interval=interval), counter],
+        steps=3,
+        batch_size=4,
+        accumulate_grad_batches=2,
+    )
+    assert counter.observed == counter.weights == 6  # 3 steps x 2 micro-batches
+    assert counter.terms == 6 + 2 * perturbed  # re-run at w + e for every perturbed window
+    assert model.take_loss_record() is None  # every window's record was consumed
+
+
+def test_replay_checks_the_calls_against_the_record():
+    model = PipelineNet()
+    x, y = data()[:8]
+    model.record_loss_pipeline()
+    first = model.compute_loss(model(x), y)
+    record = model.take_loss_record()
+    assert record is not None and len(record) == 1 and model.take_loss_record() is None
+    with model.replaying_loss_pipeline(record):
+        assert torch.equal(model.compute_loss(model(x), y), first)
+        with pytest.raises(RuntimeError, match="recorded pass made only 1"):
+            model.compute_loss(model(x), y)
+    with (
+        pytest.raises(RuntimeError, match="has 4 samples"),
+        model.replaying_loss_pipeline(record),
+    ):
+        model.compute_loss(model(x[:4]), y[:4])
+    with (
+        pytest.raises(RuntimeError, match="the replay only 0"),
+        model.replaying_loss_pipeline(record),
+    ):
+        pass
+    with model.replaying_loss_pipeline(record):  # other stages are neither replayed nor counted
+        model.compute_loss(model(x), y, stage="val")
+        model.compute_loss(model(x), y)
+
+
+def test_distillation_under_accumulation_is_refused():
+    from lightning_losses.callbacks import Distillation
+
+    teacher = nn.Linear(D, K).double()
+    with pytest.raises(
+        ValueError, match=r"SAM with Distillation needs `accumulate_grad_batches=1`"
+    ):
+        fit(PipelineNet(), [SAM(), Distillation(teacher=teacher)], accumulate_grad_batches=2)
