@@ -171,7 +171,17 @@ class TeacherSource:
             weights = match_state_dict(
                 self.state_dict, module, self.state_dict_prefix, self.description
             )
-            module.load_state_dict(weights, strict=True)
+            try:
+                module.load_state_dict(weights, strict=True)
+            except RuntimeError as err:
+                if "size mismatch" not in str(err):
+                    raise
+                raise ValueError(
+                    f"the weights of {self.description} do not fit the architecture built for "
+                    f"them (num_classes={num_classes}). {err} If the classifier differs, the "
+                    "teacher was trained on another number of classes than the student's; pass "
+                    "its own count as `num_classes=` to see the class-count check."
+                ) from err
             self.state_dict = None  # the module holds them now
             self.module = module
         return freeze(module)

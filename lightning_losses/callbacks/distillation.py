@@ -496,8 +496,8 @@ class Distillation(L.Callback):
             raise ValueError(
                 f"the teacher and the student predict different numbers of classes: the "
                 f"teacher's logits have {k_t} classes (shape {tuple(teacher.shape)}) and the "
-                f"student's {k_s} (shape {tuple(outputs.shape)}). Build the teacher with the "
-                "student's class count (`num_classes=`)."
+                f"student's {k_s} (shape {tuple(outputs.shape)}). Distil from a teacher trained "
+                "on the student's classes."
             )
 
     # -- pieces -------------------------------------------------------------------------------

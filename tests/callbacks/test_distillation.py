@@ -552,3 +552,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch():
     # under ddp_spawn the main process gets the student's weights back without the adapters
     for key, value in ddp.items():
         torch.testing.assert_close(value, single[key], rtol=1e-4, atol=1e-5)
+
+
+def test_weights_of_another_class_count_get_an_explained_error(tmp_path):
+    from lightning_losses.callbacks._teachers import parse_teacher
+
+    path = tmp_path / "teacher.pt"
+    torch.save(nn.Linear(4, 3).state_dict(), path)
+    source = parse_teacher(path, architecture=nn.Linear(4, 2))
+    with pytest.raises(
+        ValueError, match=r"(?s)do not fit the architecture.*another number of classes"
+    ):
+        source.build()
