@@ -129,7 +129,9 @@ class WeightPerturbation(L.Callback):
         self, names: Sequence[str], weights: Sequence[Tensor], grads: Sequence[Tensor]
     ) -> list[Tensor]:
         """The perturbation of each chosen weight tensor, from its gradient at ``w``."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement perturbation(); use SAM, ASAM or AWP"
+        )
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
