@@ -124,3 +124,30 @@ def test_missing_teacher_checkpoint_says_which_file(tmp_path, monkeypatch):
     missing = r"`teacher` file 'runs/distill_teacher/teacher\.ckpt' does not exist"
     with pytest.raises(Exception, match=missing):
         cli_main(_args("distill_student.yaml"), run=False)
+
+
+def test_feature_distillation_by_timm_feature_index_from_a_yaml_overlay(workdir, monkeypatch):
+    # the student's layer2/layer3 against the checkpoint teacher's levels 2 and 3 (resnet34's
+    # layer2/layer3), read through forward_intermediates; YAML ints reach `teacher_layers`
+    monkeypatch.chdir(workdir)
+    overlay = workdir / "features.yaml"
+    overlay.write_text(
+        "trainer:\n"
+        "  callbacks:\n"
+        "    - class_path: lightning_losses.callbacks.Distillation\n"
+        "      init_args:\n"
+        "        teacher: runs/distill_teacher/teacher.ckpt\n"
+        "        architecture: resnet34\n"
+        "        timm_kwargs: {in_chans: 1}\n"
+        "        num_classes: 10\n"
+        "        loss: attention_transfer\n"
+        "        student_layers: [net.layer2, net.layer3]\n"
+        "        teacher_layers: [2, 3]\n"
+        "model:\n"
+        "  backbone: resnet10t\n"
+    )
+    cli = _fit(str(overlay))
+    cb = _distillation(cli)
+    assert cb.teacher_layers == [2, 3]
+    assert cb._teacher_reader is not None and cb._teacher_tap is None
+    assert cb.teacher_forwards == 2

@@ -4,12 +4,15 @@
 the student's tap from ``on_train_batch_start`` to ``on_train_batch_end`` (so validation forwards
 record nothing) and the teacher's only around the teacher's forward. :func:`make_adapter` builds
 the regressor between a student and a teacher feature shape (a 1x1 convolution for 4-D maps, a
-linear layer on the last dimension for 2-D and 3-D features).
+linear layer on the last dimension for 2-D and 3-D features). :class:`TimmIntermediates` reads a
+timm teacher's features by feature index through ``forward_intermediates`` instead of hooks, and
+stops the teacher's forward after the deepest requested stage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
@@ -86,6 +89,61 @@ class FeatureTap:
                 "student's forward before compute_loss."
             )
         return list(self.features)  # type: ignore[arg-type]
+
+
+class TimmIntermediates:
+    """Features of a timm model by feature index (its ``feature_info``), in the order asked.
+
+    One call runs ``model.forward_intermediates(x, indices=..., intermediates_only=True,
+    stop_early=True)``: the stages after the deepest index and the head do not run. Indices may be
+    negative (from the end). :attr:`fn` is the call, replaced by a compiled one under
+    ``compile=True``.
+    """
+
+    def __init__(self, model: nn.Module, indices: Sequence[int], arg: str) -> None:
+        if not callable(getattr(model, "forward_intermediates", None)):
+            raise ValueError(
+                f"`{arg}` gives feature indices {list(indices)}, which index timm's "
+                f"forward_intermediates, and the teacher ({type(model).__name__}) has no such "
+                "method: name its layers as in named_modules() instead."
+            )
+        info = getattr(model, "feature_info", None)
+        described = describe_feature_info(info)
+        n = len(info) if isinstance(info, Sequence) else None
+        normalised = []
+        for i in indices:
+            if n is not None and not -n <= i < n:
+                raise ValueError(
+                    f"`{arg}` asks for feature index {i}, and the teacher "
+                    f"({type(model).__name__}) has {n} feature levels, indices 0 to {n - 1} (or "
+                    f"-{n} to -1): {described}."
+                )
+            normalised.append(i % n if n is not None else i)
+        self.indices = normalised
+        self.take = sorted(set(normalised))
+        self.fn: Callable[[Any], list[Tensor]] = partial(
+            model.forward_intermediates, indices=self.take, intermediates_only=True, stop_early=True
+        )
+
+    def __call__(self, x: Any) -> list[Tensor]:
+        out = self.fn(x)
+        # timm returns the levels in network order, whatever the order of the indices asked
+        by_index = dict(zip(self.take, out, strict=True))
+        return [by_index[i] for i in self.indices]
+
+
+def describe_feature_info(info: Any) -> str:
+    """``"0: act1 (64 ch, /2), 1: layer1 (64 ch, /4), ..."`` from a timm ``feature_info``."""
+    if not isinstance(info, Sequence):
+        return "no feature_info to list"
+    parts = []
+    for i, level in enumerate(info):
+        if isinstance(level, dict):
+            parts.append(
+                f"{i}: {level.get('module', '?')} ({level.get('num_chs', '?')} ch, "
+                f"/{level.get('reduction', '?')})"
+            )
+    return ", ".join(parts) or "no feature_info to list"
 
 
 def make_adapter(student: Sequence[int], teacher: Sequence[int], where: str) -> nn.Module:

@@ -41,7 +41,7 @@ from ..mixins import LossMixin
 from ..mixins.protocols import LossTerm
 from ..registry import build_loss, list_losses
 from ._batch_ids import batch_ids
-from ._features import FeatureTap, make_adapter
+from ._features import FeatureTap, TimmIntermediates, make_adapter
 from ._teachers import TeacherSource, num_classes_of, parse_teacher
 from ._train_loader import first_train_batch
 
@@ -98,10 +98,15 @@ class Distillation(L.Callback):
     ``rkd``). Forward hooks, registered in ``setup`` of ``fit`` and removed at the end of fit,
     read the teacher's features during its no-grad forward and the student's during its own
     forward in ``training_step`` (the last call of each layer in the step). The term is the sum
-    over the pairs. **Adapters** (a 1x1 ``Conv2d`` for ``(N, C, H, W)`` maps, a ``Linear`` on the
-    last dimension for ``(N, D)`` / ``(N, L, D)`` features) map the student's shape to the
-    teacher's. With ``adapters=None`` a pair gets one when the shapes differ and the loss needs
-    equal shapes (not ``attention_transfer`` or ``rkd``); ``True``: every pair; ``False``: none.
+    over the pairs. ``teacher_layers`` may instead give **feature indices** (ints, negative from
+    the end) of a timm teacher: its features then come from ``forward_intermediates(x,
+    indices=..., intermediates_only=True, stop_early=True)`` (the levels of its ``feature_info``,
+    e.g. resnet ``0: act1 ... 4: layer4``, ViT blocks), so no hook is needed and the teacher stops
+    after the deepest level asked for, without its head. **Adapters** (a 1x1 ``Conv2d`` for
+    ``(N, C, H, W)`` maps, a ``Linear`` on the last dimension for ``(N, D)`` / ``(N, L, D)``
+    features) map the student's shape to the teacher's. With ``adapters=None`` a pair gets one
+    when the shapes differ and the loss needs equal shapes (not ``attention_transfer`` or
+    ``rkd``); ``True``: every pair; ``False``: none.
 
     Adapters must exist before the optimizers are built, so they are created in the callback's
     ``setup`` hook: in ``Trainer.fit``, ``setup`` runs after the strategy environment is set up
@@ -155,7 +160,8 @@ class Distillation(L.Callback):
         timm_kwargs: more ``timm.create_model`` options (e.g. ``{"in_chans": 1}``).
         input_key: where the batch keeps the input: a str key of a mapping batch or an int
             position of a tuple/list batch; 0.
-        student_layers, teacher_layers: feature layers (a name or a list of names).
+        student_layers, teacher_layers: feature layers (a name or a list of names); the
+            teacher's may be timm feature indices (an int or a list of ints).
         adapters: ``None`` (as needed), ``True`` or ``False``, see above.
         cache: cache teacher outputs per sample index; False.
         index_key: where the batch keeps the sample indices for the cache; ``"index"``.
@@ -183,7 +189,7 @@ class Distillation(L.Callback):
         timm_kwargs: Mapping[str, Any] | None = None,
         input_key: str | int = 0,
         student_layers: str | Sequence[str] | None = None,
-        teacher_layers: str | Sequence[str] | None = None,
+        teacher_layers: str | int | Sequence[str] | Sequence[int] | None = None,
         adapters: bool | None = None,
         cache: bool = False,
         index_key: str | int = "index",
@@ -251,6 +257,7 @@ class Distillation(L.Callback):
         self._current: dict[str, Tensor] | None = None
         self._student_tap: FeatureTap | None = None
         self._teacher_tap: FeatureTap | None = None
+        self._teacher_reader: TimmIntermediates | None = None
 
     # -- construction checks ------------------------------------------------------------------
 
@@ -284,8 +291,8 @@ class Distillation(L.Callback):
         return built
 
     def _check_layers(
-        self, student: str | Sequence[str] | None, teacher: str | Sequence[str] | None
-    ) -> tuple[list[str] | None, list[str] | None]:
+        self, student: str | Sequence[str] | None, teacher: str | int | Sequence[Any] | None
+    ) -> tuple[list[str] | None, list[Any] | None]:
         if student is None and teacher is None:
             if self.loss.teacher_keys[0] not in _OUTPUT_KEYS:
                 raise ValueError(f"`loss` {type(self.loss).__name__} is not supported.")
@@ -295,8 +302,17 @@ class Distillation(L.Callback):
                 "`student_layers` and `teacher_layers` go together (one teacher layer per "
                 f"student layer); got student_layers={student!r}, teacher_layers={teacher!r}."
             )
-        s = [student] if isinstance(student, str) else list(student)
-        t = [teacher] if isinstance(teacher, str) else list(teacher)
+        s, t = (list(v) if isinstance(v, list | tuple) else [v] for v in (student, teacher))
+        for arg, names, kinds in (("student_layers", s, (str,)), ("teacher_layers", t, (str, int))):
+            bad = [n for n in names if isinstance(n, bool) or not isinstance(n, kinds)]
+            if bad:
+                what = "module names" + (" or timm feature indices" if int in kinds else "")
+                raise TypeError(f"`{arg}` must hold {what}; got {bad!r} in {names!r}.")
+        if len({type(n) for n in t}) > 1:
+            raise TypeError(
+                "`teacher_layers` must be all module names (forward hooks) or all timm feature "
+                f"indices (forward_intermediates); got a mix: {t!r}."
+            )
         if not s or len(s) != len(t):
             raise ValueError(
                 "`student_layers` and `teacher_layers` must pair up, the same number of names "
@@ -367,11 +383,16 @@ class Distillation(L.Callback):
             self._student_tap = FeatureTap(
                 pl_module, self.student_layers, "student_layers", "student"
             )
-            self._teacher_tap = FeatureTap(
-                self._teachers[0], self.teacher_layers, "teacher_layers", "teacher"
-            )
             self._student_tap.attach()
-            self._teacher_tap.attach()
+            if isinstance(self.teacher_layers[0], int):
+                self._teacher_reader = TimmIntermediates(
+                    self._teachers[0], self.teacher_layers, "teacher_layers"
+                )
+            else:
+                self._teacher_tap = FeatureTap(
+                    self._teachers[0], self.teacher_layers, "teacher_layers", "teacher"
+                )
+                self._teacher_tap.attach()
             self._create_adapters(trainer, pl_module, device)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -383,6 +404,8 @@ class Distillation(L.Callback):
         if self.compile:
             options = dict(self.compile) if isinstance(self.compile, Mapping) else {}
             self._runners = [torch.compile(t, **options) for t in self.teachers]
+            if self._teacher_reader is not None:
+                self._teacher_reader.fn = torch.compile(self._teacher_reader.fn, **options)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -513,6 +536,11 @@ class Distillation(L.Callback):
 
     @torch.no_grad()
     def _run_teachers(self, trainer: L.Trainer, x: Any) -> dict[str, Tensor]:
+        if self._teacher_reader is not None:
+            with trainer.precision_plugin.forward_context():
+                feats = self._teacher_reader(x)
+            self.teacher_forwards += 1
+            return {f"feature{i}": f.detach() for i, f in enumerate(feats)}
         outputs = []
         with trainer.precision_plugin.forward_context():
             for i, runner in enumerate(self._runners):
@@ -648,7 +676,7 @@ class Distillation(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, device: torch.device
     ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
         """Feature shapes (without the batch dim) of one training batch, student and teacher."""
-        assert self._student_tap is not None and self._teacher_tap is not None
+        assert self._student_tap is not None
         with _preserved_rng():
             batch = first_train_batch(trainer)
         batch = trainer.strategy.batch_to_device(batch, device)

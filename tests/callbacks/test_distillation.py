@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from lightning_losses import LossMixin, build_loss
+from lightning_losses.callbacks._features import TimmIntermediates
 from lightning_losses.callbacks.distillation import Distillation
 from lightning_losses.losses.distillation import average_teacher_probs
 
@@ -396,20 +397,24 @@ def test_timm_teacher_by_name_checkpoint_and_weights_file(tmp_path):
         Distillation("resnet1000t", num_classes=K)
 
 
+class ImageStudent(Student):
+    """(3, 32, 32) images; ``net.1`` gives an (8, 8, 8) map, the size of resnet10t's layer1."""
+
+    num_classes = K
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=4, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, K),
+        )
+
+
 def test_timm_teacher_feature_distillation_reads_the_class_count_from_the_module():
-    class ImageStudent(Student):
-        num_classes = K
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(
-                nn.Conv2d(3, 8, 3, stride=4, padding=1),
-                nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(),
-                nn.Linear(8, K),
-            )
-
     cb = Spy("resnet10t", loss="fitnet", student_layers="net.1", teacher_layers="layer1")
     kd = Spy("resnet10t", name="kd", compile={"backend": "eager"})
     student = ImageStudent()
@@ -421,6 +426,61 @@ def test_timm_teacher_feature_distillation_reads_the_class_count_from_the_module
         cb.teachers[0].layer1[-1].conv2.out_channels,
     )
     assert all(torch.isfinite(s["values"]).all() for s in cb.seen + kd.seen)
+
+
+def test_timm_feature_indices_read_forward_intermediates_and_skip_the_head():
+    torch.manual_seed(3)
+    teacher = timm.create_model("resnet10t", pretrained=False, num_classes=K)
+    head_calls, layer2_calls = [], []
+    teacher.fc.register_forward_hook(lambda *a: head_calls.append(1))
+    teacher.layer2.register_forward_hook(lambda *a: layer2_calls.append(1))
+    # index 1 of resnet10t's feature_info is layer1, and -4 the same level from the end;
+    # attention transfer needs no adapter, so equal features give equal terms
+    common = dict(loss="attention_transfer", student_layers="net.1")
+    by_name = Spy(teacher, teacher_layers="layer1", name="a", **common)
+    by_index = Spy(teacher, teacher_layers=1, name="b", **common)
+    from_end = Spy(teacher, teacher_layers=[-4], name="c", **common)
+    _trainer(max_epochs=1, callbacks=[by_name, by_index, from_end]).fit(
+        ImageStudent(), _loader(shape=(3, 32, 32), n=2 * B)
+    )
+    assert by_name.teacher_forwards == by_index.teacher_forwards == 2
+    for a, b, c in zip(by_name.seen, by_index.seen, from_end.seen, strict=True):
+        assert torch.isfinite(a["values"]).all() and a["values"].abs().sum() > 0
+        torch.testing.assert_close(b["values"], a["values"], rtol=0, atol=0)
+        torch.testing.assert_close(c["values"], a["values"], rtol=0, atol=0)
+    # only the hooked run went through layer2 and the head: the indexed runs stopped at layer1
+    assert len(head_calls) == len(layer2_calls) == by_name.teacher_forwards
+
+
+def test_timm_intermediates_come_in_the_order_asked_as_the_hooks_see_them():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=K).eval()
+    seen = {}
+    for name in ("layer1", "layer2", "layer4"):
+        getattr(model, name).register_forward_hook(
+            lambda m, a, out, name=name: seen.__setitem__(name, out)
+        )
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        feats = TimmIntermediates(model, [2, 1, -1], "teacher_layers")(x)
+    for f, name in zip(feats, ("layer2", "layer1", "layer4"), strict=True):
+        torch.testing.assert_close(f, seen[name], rtol=0, atol=0)
+
+
+def test_feature_index_errors_name_the_levels_or_the_missing_method():
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=K)
+    with pytest.raises(ValueError, match=r"index 7.*5 feature levels.*0: act1.*4: layer4"):
+        TimmIntermediates(model, [1, 7], "teacher_layers")
+    with pytest.raises(ValueError, match=r"index -6.*-5 to -1"):
+        TimmIntermediates(model, [-6], "teacher_layers")
+    plain = Spy(conv_teacher(), loss="fitnet", student_layers="net.0.1", teacher_layers=2)
+    with pytest.raises(ValueError, match=r"`teacher_layers`.*forward_intermediates.*Sequential"):
+        _trainer(max_epochs=1, callbacks=[plain]).fit(ConvStudent(), _loader(shape=(3, 8, 8)))
+    with pytest.raises(TypeError, match=r"all module names.*or all timm feature indices"):
+        Distillation(model, loss="fitnet", student_layers=["a", "b"], teacher_layers=["layer1", 2])
+    with pytest.raises(TypeError, match=r"`student_layers` must hold module names"):
+        Distillation(model, loss="fitnet", student_layers=1, teacher_layers=1)
 
 
 # ----------------------------------------------------------------------------- 6. several teachers
