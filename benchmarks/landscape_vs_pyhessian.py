@@ -52,7 +52,9 @@ import argparse
 import copy
 import ctypes
 import gc
+import importlib.metadata
 import math
+import os
 import re
 import statistics
 import sys
@@ -273,13 +275,23 @@ def plane_models(model: nn.Module, d1: dict, d2: dict, distance: float, steps: i
     return start, end1, end2
 
 
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def check(condition: bool, message: str) -> None:
-    print(("  ok   " if condition else "  FAIL ") + message, flush=True)
+    line = ("  ok   " if condition else "  FAIL ") + message
+    print(line, flush=True)
+    check.lines.append(line)  # type: ignore[attr-defined]
     if not condition:
         check.failed = True  # type: ignore[attr-defined]
 
 
 check.failed = False  # type: ignore[attr-defined]
+check.lines = []  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,30 +336,32 @@ def main(argv: list[str] | None = None) -> int:
     batches = probe_set(args, x, y)
     numel = sum(p.numel() for p in model.parameters())
     fn = LossFunction(model, batch_loss, batches)
-    print(
+    setup = (
         f"model: CNN width {args.width}, {numel:,} parameters, trained {args.train_steps} steps; "
         f"probe set {len(batches)} x {args.batch_size} digits; probe loss {fn.loss():.4f}; "
         f"device {device}, {args.threads} thread(s); {args.iters} HVPs per eigen/trace run, "
         f"{args.grid}x{args.grid} slice"
     )
+    print(setup)
     state = copy.deepcopy(model.state_dict())
     rows: list[tuple[str, str, str, Measured, Measured | None, str]] = []
     it, seed = args.iters, args.seed
 
     # -- values first, then timings (measure() keeps the value of its first call) -------------
-    ours_lz = measure(
-        lambda: float(lanczos(fn, 1, max_iter=it, tol=0.0, seed=seed).eigenvalues[0]),
-        device,
-        args.repeats,
-    )
+    ours_lz = measure(lambda: lanczos(fn, 1, max_iter=it, tol=0.0, seed=seed), device, args.repeats)
     ours_pw = measure(
-        lambda: float(power_iteration(fn, 1, max_iter=it, tol=0.0, seed=seed).eigenvalues[0]),
-        device,
-        args.repeats,
+        lambda: power_iteration(fn, 1, max_iter=it, tol=0.0, seed=seed), device, args.repeats
     )
     ours_hutch = measure(lambda: hutchinson(fn, it, seed=seed), device, args.repeats)
     ours_hpp = measure(lambda: hutchpp(fn, it, seed=seed), device, args.repeats)
     print("checks:")
+    for name, res in (
+        ("Lanczos", ours_lz.value),
+        ("power iteration", ours_pw.value),
+        ("Hutchinson", ours_hutch.value),
+        ("Hutch++", ours_hpp.value),
+    ):
+        check(res.hvp_count == it, f"ours {name} spent {res.hvp_count} HVPs (asked: {it})")
     if PyHessian is not None:
         th_eig = measure(
             lambda: theirs_eigenvalue(model, batches, device, it, seed), device, args.repeats
@@ -355,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         th_tr = measure(
             lambda: theirs_trace(model, batches, device, it, seed), device, args.repeats
         )
-        lam = ours_lz.value
-        for name, v in (("PyHessian power", th_eig.value), ("ours power", ours_pw.value)):
+        lam = float(ours_lz.value.eigenvalues[0])
+        ours_power = float(ours_pw.value.eigenvalues[0])
+        for name, v in (("PyHessian power", th_eig.value), ("ours power", ours_power)):
             check(
                 abs(v - lam) <= args.eig_rtol * abs(lam),
                 f"lambda_max: ours Lanczos {lam:.5g}, {name} {v:.5g} (rtol {args.eig_rtol})",
@@ -468,7 +483,17 @@ def main(argv: list[str] | None = None) -> int:
     print(note)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"{table}\n\n{note}\n")
+        versions = (
+            f"torch {torch.__version__}, pyhessian {_version('pyhessian')}, loss-landscapes "
+            f"{_version('loss-landscapes')}, Python {sys.version.split()[0]}, "
+            f"{os.cpu_count()} CPU cores, 1-min load average at the end "
+            f"{os.getloadavg()[0]:.1f}"
+        )
+        checks = "\n".join(check.lines)  # type: ignore[attr-defined]
+        args.out.write_text(
+            f"# Diagnostics against PyHessian and loss-landscapes\n\n- {versions}\n- {setup}\n\n"
+            f"Checks, made before any timing:\n\n```\n{checks}\n```\n\n{table}\n\n{note}\n"
+        )
     return 0
 
 

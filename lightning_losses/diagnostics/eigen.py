@@ -10,7 +10,7 @@ the largest Hessian eigenvalues computed this way.
 
     v ← random, v ⟂ u_1..u_{i-1}, ‖v‖ = 1
     repeat:  w = H v;  λ = vᵀw;  w ← w − Σ_j (u_jᵀw) u_j     (deflation)
-             stop when |λ − λ_prev| ≤ tol·|λ_prev|;  v ← w / ‖w‖
+             stop when |λ − λ_prev| < tol·|λ_prev|;  v ← w / ‖w‖
     u_i = v,  λ_i = λ
 
 It converges to the eigenvalue of largest **magnitude** (of the deflated operator) at the rate
@@ -29,7 +29,7 @@ vectors of size n.
     T_m = tridiag(β, α, β) = S diag(θ) Sᵀ        Ritz values θ, Ritz vectors y_i = Q_m s_i
     ‖H y_i − θ_i y_i‖ = β_m |s_{m,i}|            (the residual costs nothing)
 
-It stops when the wanted ``k`` Ritz pairs have ``β_m |s_{m,i}| ≤ tol·|θ_i|`` (a bound on the
+It stops when the wanted ``k`` Ritz pairs have ``β_m |s_{m,i}| < tol·|θ_i|`` (a bound on the
 eigenvector residual, stricter than a change in θ), after ``max_iter`` steps, or when the Krylov
 space is exhausted (``β ≈ 0``; a fresh random start orthogonal to ``Q`` then continues, so that a
 matrix such as ``c·I`` still yields ``k`` values). Lanczos needs far fewer HVPs than power
@@ -37,8 +37,10 @@ iteration for the same accuracy (its error falls like a Chebyshev polynomial of 
 power of the ratio) and finds the top-k together; the price is memory: all ``m`` Lanczos vectors
 are kept (``m·n`` numbers, e.g. 100 steps × 25.6 M parameters × 4 B ≈ 10 GB for ResNet-50).
 
-Defaults: ``max_iter = 100``, ``tol = 1e-3`` (PyHessian's). Results are seeded (``seed``) and
-report the HVPs and forward passes they cost.
+Defaults: ``max_iter = 100``, ``tol = 1e-3`` (PyHessian's). The comparisons are strict, so
+``tol = 0`` runs exactly ``max_iter`` HVPs per eigenpair even once the estimate stops changing in
+floating point (as PyHessian's ``tol = -inf``), which equal-work comparisons need. Results are
+seeded (``seed``) and report the HVPs and forward passes they cost.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def power_iteration(
         op: a :class:`~.hvp.LossFunction`, a :class:`~.hvp.LinearOperator` or a square matrix.
         k: number of eigenpairs, ``1 <= k <= n``.
         max_iter: HVPs per eigenpair at most (>= 1).
-        tol: stop when the Rayleigh quotient changes by at most ``tol`` relatively.
+        tol: stop when the Rayleigh quotient changes by less than ``tol`` relatively (0: never,
+            ``max_iter`` HVPs are spent; a zero vector ``H v`` still ends the run).
         seed: integer seed or CPU ``torch.Generator`` for the start vectors.
         return_eigenvectors: keep the (k, n) eigenvectors in the result.
     """
@@ -141,7 +144,7 @@ def power_iteration(
             w = _orthogonalise(w, found)
             res = float((w - lam * v).norm())
             norm = w.norm()
-            if norm == 0 or (lam_prev is not None and abs(lam - lam_prev) <= tol * abs(lam_prev)):
+            if norm == 0 or (lam_prev is not None and abs(lam - lam_prev) < tol * abs(lam_prev)):
                 done = True
                 break
             lam_prev = lam
@@ -254,7 +257,8 @@ def lanczos(
         op: a :class:`~.hvp.LossFunction`, a :class:`~.hvp.LinearOperator` or a square matrix.
         k: number of eigenpairs, ``1 <= k <= n``.
         max_iter: Lanczos steps (= HVPs) at most; ``>= k`` (and at most ``n`` are taken).
-        tol: stop when every wanted Ritz pair has residual ``<= tol·|θ_i|``.
+        tol: stop when every wanted Ritz pair has residual ``< tol·|θ_i|`` (0: never, all
+            ``max_iter`` steps are taken).
         which: ``"largest"`` (algebraic, the sharpness), ``"smallest"`` (the most negative:
             saddle directions) or ``"magnitude"`` (what power iteration finds).
         seed: integer seed or CPU ``torch.Generator`` for the start vector(s).
@@ -274,7 +278,7 @@ def lanczos(
         theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
         idx = _select(theta, k, which)
         res = (beta * s[-1, idx]).abs()
-        state["converged"] = bool((res <= tol * theta[idx].abs()).all())
+        state["converged"] = bool((res < tol * theta[idx].abs()).all())
         return state["converged"]
 
     alphas, betas, basis = lanczos_tridiagonal(
@@ -290,7 +294,7 @@ def lanczos(
     residuals = (betas[-1] * s[-1, idx]).abs()
     # Krylov space exhausted (β ≈ 0 or m = n): the Ritz pairs are exact up to rounding.
     exhausted = len(alphas) == op.numel
-    converged = state["converged"] or exhausted or bool((residuals <= tol * theta[idx].abs()).all())
+    converged = state["converged"] or exhausted or bool((residuals < tol * theta[idx].abs()).all())
     vectors = None
     if return_eigenvectors:
         q = torch.stack(basis)  # (m, n)

@@ -117,6 +117,20 @@ def test_not_converged_is_reported():
     assert not res.converged and res.iterations == 3
 
 
+def test_tol_zero_spends_every_product_after_exact_convergence():
+    # a gap of 10: both methods reach the top eigenvalue to the last bit well before 40 steps,
+    # where a non-strict test (change <= 0) would stop; tol 0 must still take all 40
+    a = _spectrum(60, [50.0, 5.0, 4.0])
+    for res in (
+        power_iteration(a, k=1, tol=0.0, max_iter=40),
+        lanczos(a, k=1, tol=0.0, max_iter=40),
+    ):
+        assert res.hvp_count == res.iterations == 40
+        torch.testing.assert_close(res.eigenvalues, torch.tensor([50.0]).double())
+    early = power_iteration(a, k=1, tol=1e-12, max_iter=40)
+    assert early.iterations < 40  # the same run with a tolerance does stop
+
+
 def test_invariant_subspace_restart():
     res = lanczos(2.5 * torch.eye(6, dtype=torch.float64), k=3)
     torch.testing.assert_close(res.eigenvalues, torch.full((3,), 2.5, dtype=torch.float64))
