@@ -1,30 +1,35 @@
-"""Cost and effect of the ``Distillation`` callback on the classification recipe's digits.
+"""Cost and effect of the ``Distillation`` callback, on embedded data.
 
-The setting of ``recipes/configs/distill_*.yaml``: the embedded digits (1,259 training images
-upsampled to 32x32, grey), a timm ``resnet10t`` student (4.9 M parameters) and a timm
-``resnet34`` teacher (21.3 M), both from scratch, in the recipe's ``ClassificationModule``
-(cross-entropy, AdamW lr 2e-3, weight decay 0.05, cosine schedule), batch 64, CPU.
+**Step time** (always), in the setting of a large teacher and a mid-size student: the embedded
+digits (1,259 training images upsampled to 32x32, grey), a timm ``resnet10t`` student (4.9 M
+parameters) and a timm ``resnet34`` teacher (21.3 M), in the recipe's ``ClassificationModule``
+(cross-entropy, AdamW lr 2e-3, weight decay 0.05, cosine schedule), batch 64, CPU. The same
+student, data and seed trained three ways, one after the other, ``--rounds`` times in
+alternation: alone; with ``Distillation`` (KD, T = 4) from a teacher that runs on every batch;
+with ``cache=True`` (the teacher's logits kept per sample index, so after the first epoch the
+teacher does not run). The teacher is a freshly initialised resnet34 (a forward costs the same
+whatever its weights). A step is timed from the first ``on_train_batch_start`` hook (before the
+teacher's forward) to ``on_train_batch_end`` (after the optimizer step). Epoch 0 is warm-up and
+excluded for all three (it also fills the cache); the median step time of epochs 1 and later is
+reported, with the ratios to the student alone.
 
-**Step time** (always). The same student, data and seed trained three ways, one after the
-other, ``--rounds`` times in alternation: alone; with ``Distillation`` (KD, T = 4) from a
-teacher that runs on every batch; with ``cache=True`` (the teacher's logits kept per sample
-index, so after the first epoch the teacher does not run). The teacher is a freshly initialised
-resnet34 (a forward costs the same whatever its weights). A step is timed from the first
-``on_train_batch_start`` hook (before the teacher's forward) to ``on_train_batch_end`` (after the
-optimizer step). Epoch 0 is warm-up and excluded for all three (it also fills the cache); the
-median step time of epochs 1 and later is reported, with the ratios to the student alone.
-
-**Accuracy** (``--accuracy``). Per seed: the teacher is trained for ``--epochs`` epochs, then
-the student is trained alone and with KD (T = 4), DKD (alpha 1, beta 8, T 4) and DIST (beta =
-gamma = tau = 1), each with the callback's weight 1 next to cross-entropy, all from the same
-initialisation (``seed_everything(seed)``). DKD's warm-up is scaled to the run, 20 of 240
+**Accuracy** (``--accuracy``), in the setting of ``recipes/configs/distill_*.yaml``: the digit
+variants (``DigitVariantsDataModule``, 8 seeded affine variants of each digit, 10,060 training
+and 2,880 test images at 32x32), a timm ``resnet10t`` teacher trained ``--teacher-epochs`` (4)
+epochs and a timm ``test_vit`` student (0.27 M parameters, 4 tokens per image) trained
+``--epochs`` (16) epochs, batch 128 (``--acc-data digits`` uses the embedded digits instead).
+Per seed: the teacher is trained, then the student alone and with KD (T = 4), DKD (alpha 1,
+beta 8, T 4) and DIST (beta = gamma = tau = 1), each with the callback's weight 1 next to
+cross-entropy, all from the same initialisation (``seed_everything(seed)``). The inputs are fixed,
+so the teacher's logits are cached after epoch 0. DKD's warm-up is scaled to the run, 20 of 240
 epochs in the paper: ``max(1, round(epochs * 20 / 240))`` epochs. The seed also sets the data
-split and the shuffling. Test accuracy on the final weights, mean ± std over seeds.
+split and the shuffling. Test accuracy on the final weights, mean ± std over seeds, and the gap
+to the student alone paired by seed.
 
     python benchmarks/distillation.py                          # step times, 2 rounds
-    python benchmarks/distillation.py --accuracy               # + accuracy, 3 seeds, 12 epochs
-    python benchmarks/distillation.py --accuracy --seeds 0 --epochs 1 --limit-batches 3 \\
-        --timing-epochs 2 --rounds 1 --out /tmp/distillation.md  # smoke run
+    python benchmarks/distillation.py --accuracy               # + accuracy, 3 seeds
+    python benchmarks/distillation.py --accuracy --seeds 0 --epochs 1 --teacher-epochs 1 \\
+        --limit-batches 3 --timing-epochs 2 --rounds 1 --out /tmp/distillation.md  # smoke run
 
 The results are written as Markdown to ``--out`` (``benchmarks/results/distillation.md``).
 """
@@ -44,7 +49,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_losses.callbacks import Distillation
-from lightning_losses.data import ClassificationDataModule
+from lightning_losses.data import ClassificationDataModule, DigitVariantsDataModule
 from lightning_losses.tasks.classification import ClassificationModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +77,22 @@ class IndexedDigits(ClassificationDataModule):
             return
         super().setup(stage)
         self.train_dataset = _Indexed(self.train_dataset)
+
+
+class IndexedVariants(DigitVariantsDataModule):
+    """The digit variants (10,060 training images), sample index at batch position 2."""
+
+    def setup(self, stage: str | None = None) -> None:
+        built = self._built
+        super().setup(stage)
+        if not built:
+            self.train_dataset = _Indexed(self.train_dataset)
+
+
+def accuracy_data(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
+    if args.acc_data == "digits":
+        return IndexedDigits(batch_size=args.batch_size, seed=seed)
+    return IndexedVariants(image_size=32, batch_size=args.acc_batch_size, seed=seed)
 
 
 class StepTimer(L.Callback):
@@ -110,9 +131,11 @@ def _trainer(args: argparse.Namespace, epochs: int, callbacks: list[L.Callback])
     )
 
 
-def _student(args: argparse.Namespace, dm: ClassificationDataModule) -> ClassificationModule:
+def _student(
+    args: argparse.Namespace, dm: Any, backbone: str | None = None
+) -> ClassificationModule:
     return ClassificationModule(
-        backbone=args.student,
+        backbone=backbone or args.student,
         num_classes=dm.num_classes,
         in_chans=dm.in_chans,
         temperature_scaling=False,
@@ -209,8 +232,9 @@ def fit_and_test(
     dm: ClassificationDataModule,
     args: argparse.Namespace,
     callbacks: list[L.Callback],
+    epochs: int,
 ) -> dict[str, float]:
-    trainer = _trainer(args, args.epochs, callbacks)
+    trainer = _trainer(args, epochs, callbacks)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
@@ -223,47 +247,73 @@ def accuracy(args: argparse.Namespace) -> list[str]:
     names = ["teacher", "student alone", *losses]
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for seed in args.seeds:
-        dm = ClassificationDataModule(batch_size=args.batch_size, seed=seed)
+        dm = accuracy_data(args, seed)
         L.seed_everything(seed, verbose=False)
         teacher = ClassificationModule(
-            backbone=args.teacher,
+            backbone=args.acc_teacher,
             num_classes=dm.num_classes,
             in_chans=dm.in_chans,
             temperature_scaling=False,
         )
-        results["teacher"].append(fit_and_test(teacher, dm, args, []))
+        results["teacher"].append(fit_and_test(teacher, dm, args, [], args.teacher_epochs))
         print(f"seed {seed} teacher: {results['teacher'][-1]}", flush=True)
         for name in names[1:]:
             L.seed_everything(seed, verbose=False)
-            student = _student(args, dm)
+            student = _student(args, dm, args.acc_student)
             callbacks: list[L.Callback] = []
             if name in losses:
                 loss, kwargs = losses[name]
-                # the trained network itself; the callback freezes it (eval, no grad)
-                callbacks.append(Distillation(teacher=teacher.net, loss=loss, loss_kwargs=kwargs))
-            results[name].append(fit_and_test(student, dm, args, callbacks))
+                # the trained network itself (the callback freezes it: eval, no grad); the inputs
+                # are fixed, so the cached logits are the teacher's and it runs in epoch 0 only
+                callbacks.append(
+                    Distillation(
+                        teacher=teacher.net, loss=loss, loss_kwargs=kwargs, cache=True, index_key=2
+                    )
+                )
+            results[name].append(fit_and_test(student, dm, args, callbacks, args.epochs))
             print(f"seed {seed} {name}: {results[name][-1]}", flush=True)
 
     alone = [r["accuracy"] for r in results["student alone"]]
     dkd = losses["DKD"][1]
+    if args.acc_data == "digits":
+        data_text = "the embedded digits (1,259 training, 359 test images, 32x32)"
+        batch = args.batch_size
+    else:
+        data_text = (
+            "digit variants (DigitVariantsDataModule, 8 seeded affine variants per digit: 10,060 "
+            "training, 2,880 test images, 32x32)"
+        )
+        batch = args.acc_batch_size
     lines = [
         "## Test accuracy",
         "",
-        f"Teacher {args.teacher}, student {args.student}, both from scratch, {args.epochs} "
-        f"epochs, batch {args.batch_size}; seeds {', '.join(map(str, args.seeds))} (the seed "
-        "sets the split, the initialisation and the shuffling). Distillation weight 1 next to "
-        "cross-entropy; KD T 4; DKD alpha 1, beta 8, T 4, warm-up "
-        f"{dkd['warmup']} epoch(s); DIST beta = gamma = tau = 1. Mean ± std over seeds, percent.",
+        f"Data: {data_text}. Teacher {args.acc_teacher} ({args.teacher_epochs} epochs), student "
+        f"{args.acc_student} ({args.epochs} epochs), both from scratch, batch {batch}; seeds "
+        f"{', '.join(map(str, args.seeds))} (the seed sets the split, the initialisation and the "
+        "shuffling). Distillation weight 1 next to cross-entropy, teacher logits cached after "
+        "epoch 0 (the inputs are fixed); KD T 4; DKD alpha 1, beta 8, T 4, warm-up "
+        f"{dkd['warmup']} epoch(s); DIST beta = gamma = tau = 1. Test accuracy of the final "
+        "weights, mean ± std over seeds, percent; the gap to the student alone is paired by seed.",
         "",
-        "| model | test accuracy | minus student alone, per seed | fit time (s) |",
-        "| --- | --- | --- | --- |",
+        "| model | test accuracy | minus student alone | seeds above / equal / below | "
+        "fit time (s) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, runs in results.items():
         acc = [r["accuracy"] for r in runs]
-        gap = fmt([a - b for a, b in zip(acc, alone, strict=True)]) if name in losses else ""
-        label = f"{args.teacher} (teacher)" if name == "teacher" else f"{args.student}, {name}"
+        gap, count = "", ""
+        if name in losses:
+            diffs = [a - b for a, b in zip(acc, alone, strict=True)]
+            gap = fmt(diffs)
+            count = (
+                f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / "
+                f"{sum(d < 0 for d in diffs)}"
+            )
+        label = (
+            f"{args.acc_teacher} (teacher)" if name == "teacher" else f"{args.acc_student}, {name}"
+        )
         lines.append(
-            f"| {label} | {fmt(acc)} | {gap} | "
+            f"| {label} | {fmt(acc)} | {gap} | {count} | "
             f"{fmt([r['seconds'] for r in runs], scale=1.0, digits=0)} |"
         )
     return [*lines, ""]
@@ -280,6 +330,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="resnet34")
     parser.add_argument("--student", default="resnet10t")
+    parser.add_argument("--acc-teacher", default="resnet10t", help="teacher of the accuracy runs")
+    parser.add_argument("--acc-student", default="test_vit", help="student of the accuracy runs")
+    parser.add_argument("--acc-data", choices=("variants", "digits"), default="variants")
+    parser.add_argument("--acc-batch-size", type=int, default=128, help="batch of the variants")
+    parser.add_argument("--teacher-epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timing-epochs", type=int, default=3)
@@ -287,7 +342,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--accuracy", action="store_true", help="also train for test accuracy")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12, help="epochs of the accuracy runs")
+    parser.add_argument("--epochs", type=int, default=16, help="epochs of the students")
     parser.add_argument(
         "--limit-batches",
         type=int,

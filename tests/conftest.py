@@ -66,3 +66,15 @@ def loss_inputs(
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_global_seed(monkeypatch):
+    """Each test starts without Lightning's ``PL_GLOBAL_SEED``.
+
+    ``seed_everything`` (every CLI run with ``seed_everything:``) sets it in ``os.environ`` for
+    good, and spawned DDP workers re-seed from it: a test after a CLI test would then start its
+    workers from another RNG state than when run alone.
+    """
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)

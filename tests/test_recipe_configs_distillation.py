@@ -56,7 +56,7 @@ def workdir(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         cli = _fit("distill_teacher.yaml")
-        assert cli.model.hparams.backbone == "resnet34"
+        assert cli.model.hparams.backbone == "resnet10t"
         assert (root / TEACHER_CKPT).is_file()
         # the checkpoint callback writes that exact file, and a second run would overwrite it
         ckpt_cb = cli.trainer.checkpoint_callback
@@ -69,8 +69,10 @@ def workdir(tmp_path_factory) -> Path:
 def test_student_distils_from_the_teacher_checkpoint(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     cli = _fit("distill_student.yaml", extra=("--trainer.log_every_n_steps", "1"))
-    assert cli.model.hparams.backbone == "resnet10t"
+    assert cli.model.hparams.backbone == "test_vit"
+    assert type(cli.datamodule).__name__ == "DigitVariantsDataModule"
     cb = _distillation(cli)
+    assert type(cb.loss).__name__ == "DKDLoss" and cb.loss.warmup == 1
     assert cb.teacher_forwards == 2  # one teacher forward per training batch
 
     # the teacher is the checkpoint's network: the "net." prefix was found and stripped
@@ -99,7 +101,7 @@ def test_student_alone_is_the_same_student_without_teacher(workdir, monkeypatch)
     monkeypatch.chdir(workdir)
     alone = cli_main(_args("student_alone.yaml"), run=False)
     student = cli_main(_args("distill_student.yaml"), run=False)
-    assert alone.model.hparams.backbone == "resnet10t"
+    assert alone.model.hparams.backbone == "test_vit"
     assert not any(isinstance(c, Distillation) for c in alone.trainer.callbacks)
     assert isinstance(_distillation(student), Distillation)
     assert dict(alone.model.hparams) == dict(student.model.hparams)
@@ -127,7 +129,7 @@ def test_missing_teacher_checkpoint_says_which_file(tmp_path, monkeypatch):
 
 
 def test_feature_distillation_by_timm_feature_index_from_a_yaml_overlay(workdir, monkeypatch):
-    # the student's layer2/layer3 against the checkpoint teacher's levels 2 and 3 (resnet34's
+    # a resnet10t student's layer2/layer3 against the checkpoint teacher's levels 2 and 3 (its
     # layer2/layer3), read through forward_intermediates; YAML ints reach `teacher_layers`
     monkeypatch.chdir(workdir)
     overlay = workdir / "features.yaml"
@@ -137,7 +139,7 @@ def test_feature_distillation_by_timm_feature_index_from_a_yaml_overlay(workdir,
         "    - class_path: lightning_losses.callbacks.Distillation\n"
         "      init_args:\n"
         "        teacher: runs/distill_teacher/teacher.ckpt\n"
-        "        architecture: resnet34\n"
+        "        architecture: resnet10t\n"
         "        timm_kwargs: {in_chans: 1}\n"
         "        num_classes: 10\n"
         "        loss: attention_transfer\n"
