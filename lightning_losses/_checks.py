@@ -2,8 +2,11 @@
 
 Each check raises a ``ValueError`` (or ``TypeError``) that names the argument, says what was
 expected and shows what came, so that a wrong call is fixed from the message alone.
-Value checks (label range, NaN) read tensor values; they are skipped while ``torch.compile``
-traces, so compiled graphs stay free of data-dependent branches.
+Value checks (label range, NaN, negative weights) never read a tensor back to the host on the
+normal path: :func:`check_on_device` hands a boolean scalar to ``torch._assert_async``, which a
+GPU evaluates in its queue and a CPU evaluates at once; only when the check fails does the CPU
+path read values, to name them in the message. They are skipped while ``torch.compile`` traces,
+so compiled graphs stay free of data-dependent branches.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -51,16 +54,36 @@ def check_float(x: Tensor, arg: str) -> Tensor:
     return x
 
 
-def check_finite(x: Tensor, arg: str) -> None:
-    """Raise if ``x`` holds NaN or infinity (opt-in: it reads values, which syncs a GPU)."""
+def check_on_device(ok: Tensor, summary: str, detail: Callable[[], str] | None = None) -> None:
+    """Fail unless the boolean scalar tensor ``ok`` is True, without a device-to-host read.
+
+    ``torch._assert_async`` checks ``ok`` where it lives. On a CPU it fails at once, and the
+    ``ValueError`` raised here carries ``detail()`` (which may read values: this is the error
+    path) or ``summary``. On a GPU the assertion fails inside the kernel queue with ``summary``,
+    and the error surfaces at the next synchronisation. Skipped while ``torch.compile`` traces.
+    """
     if torch.compiler.is_compiling():
         return
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(
+    try:
+        torch._assert_async(ok, summary)
+    except RuntimeError:
+        raise ValueError(detail() if detail is not None else summary) from None
+
+
+def check_finite(x: Tensor, arg: str) -> None:
+    """Raise if ``x`` holds NaN or infinity, checked on the device (see :func:`check_on_device`).
+
+    It costs a pass over ``x`` (an ``isfinite`` and an ``all``), so the losses run it only when
+    asked (``validate_args=True``).
+    """
+    check_on_device(
+        torch.isfinite(x).all(),
+        f"`{arg}` must be finite (NaN or infinity found).",
+        lambda: (
             f"`{arg}` must be finite; got {int(torch.isnan(x).sum())} NaN and "
             f"{int(torch.isinf(x).sum())} infinite values out of {x.numel()}."
-        )
+        ),
+    )
 
 
 def check_int(value: object, arg: str, minimum: int | None = None) -> int:
