@@ -4,12 +4,18 @@
 
 A subclass implements :meth:`Loss.per_sample`, which returns one value per sample (and which
 samples are valid); the reduction is applied in exactly one place, :func:`~lightning_losses._reduce.
-reduce_loss`. The class attributes ``input_kind``, ``target_kind`` and ``context`` declare what
-the loss consumes; the registry, the :class:`~lightning_losses.LossMixin` and the tests read them.
+reduce_loss`. A subclass may also implement :meth:`Loss.reduced`, the same reduction computed by
+a fused kernel (``F.cross_entropy(..., reduction="mean")``); it is used when no per-sample value
+is needed (no ``sample_weight``, ``reduction`` not ``"none"``) and equals the per-sample path up
+to the order of the floating-point summation.
+
+The class attributes ``input_kind``, ``target_kind`` and ``context`` declare what the loss
+consumes; the registry, the :class:`~lightning_losses.LossMixin` and the tests read them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -18,6 +24,7 @@ from torch import Tensor, nn
 
 from .._checks import check_class_counts, check_reduction
 from .._reduce import PerSample, reduce_loss
+from ._inputs import explain_categorical
 
 #: Context tokens a loss may declare, and what the mixin passes for each at call time.
 CALL_CONTEXT = {
@@ -28,6 +35,11 @@ CALL_CONTEXT = {
 SETUP_CONTEXT = {
     "counts": "class counts (K,), from the datamodule's `class_counts`",
 }
+
+
+@functools.cache
+def _call_context(cls: type) -> tuple[str, ...]:
+    return tuple(c for c in cls.context if c in CALL_CONTEXT)
 
 
 class Loss(nn.Module):
@@ -44,14 +56,35 @@ class Loss(nn.Module):
     batch_statistic: ClassVar[bool] = False
     registered_name: ClassVar[str] = ""
 
-    def __init__(self, *, reduction: str = "mean", check_finite: bool = False) -> None:
+    def __init__(self, *, reduction: str = "mean", validate_args: bool = False) -> None:
+        """``validate_args=True`` adds the value checks that cost a pass over the data (finite
+        input, targets in range), run on the device without a host read. Shape and dtype
+        checks always run, and so does the label-range check that the kernels make anyway."""
         super().__init__()
         self.reduction = check_reduction(reduction)
-        self.check_finite = check_finite
+        self.validate_args = bool(validate_args)
 
     def per_sample(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
         """Per-sample loss values (N,) and the validity mask; subclasses implement this."""
         raise NotImplementedError(f"{type(self).__name__} must implement per_sample")
+
+    def reduced(self, input: Tensor, target: Tensor, **context: Any) -> Tensor | None:
+        """The ``"mean"`` or ``"sum"`` of :meth:`per_sample` by a faster route, or ``None``.
+
+        Called only without ``sample_weight`` and with ``reduction`` in ``("mean", "sum")``.
+        Subclasses that can reduce inside a fused kernel override it; ``None`` falls back to the
+        per-sample path.
+        """
+        return None
+
+    def sample_losses(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
+        """:meth:`per_sample` with the context and error checks of a call (what LossMixin uses)."""
+        self._check_context(context)
+        try:
+            return self.per_sample(input, target, **context)
+        except (IndexError, RuntimeError):
+            self.explain_error(input, target)
+            raise
 
     def forward(
         self,
@@ -62,10 +95,32 @@ class Loss(nn.Module):
         **context: Any,
     ) -> Tensor:
         self._check_context(context)
-        return reduce_loss(self.per_sample(input, target, **context), self.reduction, sample_weight)
+        try:
+            if sample_weight is None and self.reduction != "none":
+                fused = self.reduced(input, target, **context)
+                if fused is not None:
+                    return fused
+            values = self.per_sample(input, target, **context)
+        except (IndexError, RuntimeError):
+            self.explain_error(input, target)
+            raise
+        return reduce_loss(values, self.reduction, sample_weight)
+
+    def explain_error(self, input: Tensor, target: Tensor) -> None:
+        """After a kernel raised: raise a ``ValueError`` that names the bad input, if any.
+
+        Labels are range-checked by the kernels that read them (a CPU kernel raises
+        ``IndexError`` or ``RuntimeError``); this reads the values, on the error path only, and
+        says which labels are out of range. It returns when the input explains nothing, and the
+        kernel's error propagates.
+        """
+        if self.target_kind == "index":
+            explain_categorical(input, target, getattr(self, "ignore_index", None))
 
     def _check_context(self, context: dict[str, Any]) -> None:
-        call_context = [c for c in self.context if c in CALL_CONTEXT]
+        if not context and not _call_context(type(self)):
+            return
+        call_context = _call_context(type(self))
         unknown = [k for k in context if k not in call_context]
         if unknown:
             accepted = ", ".join(call_context) or "none"
@@ -100,9 +155,9 @@ class ClassCountsLoss(Loss):
         class_counts: Sequence[float] | Tensor | None = None,
         *,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.register_buffer("class_counts", torch.empty(0))
         if class_counts is not None:
             self.set_class_counts(class_counts)

@@ -9,6 +9,16 @@ loss allows it, soft targets with the input's shape (mixup / cutmix / distillati
 Elements are flattened to ``(M, K)`` rows; :func:`per_sample_reduce` folds element losses back to
 one value per sample (mean or sum over the sample's valid elements), so a dense loss meets the
 same ``(N,)`` contract as a plain classifier. Low-precision logits are computed in float32.
+
+**Checks without host reads.** Shapes and dtypes are checked on every call (metadata only).
+Class indices are checked by the kernels that read them (``cross_entropy``, ``nll_loss``,
+``gather``): on a CPU they raise at once and :func:`explain_categorical` turns the kernel's error
+into a message naming the bad labels; on a GPU they fail in the kernel queue, without a
+synchronisation. Checks that cost a pass over the data (finite input, binary targets in [0, 1])
+run, on the device, when a loss is built with ``validate_args=True``.
+
+**No mask unless asked.** ``ignore_index=None`` (the default) is a constructor-level fact: no
+element can be ignored, so no validity mask is built and ``valid`` is ``None``.
 """
 
 from __future__ import annotations
@@ -18,52 +28,58 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_float, check_tensor
+from .._checks import check_finite, check_float, check_on_device, check_tensor
 from .._reduce import PerSample
+
+#: ``ignore_index`` handed to torch's kernels when nothing is ignored: no class index can equal
+#: it, so every label reaches the kernel's own range check.
+NO_IGNORE = torch.iinfo(torch.int64).min
 
 
 class Categorical(NamedTuple):
     logits: Tensor  # (M, K), float32 or float64
     target: Tensor  # (M,) class indices, ignored elements set to 0
     soft: Tensor | None  # (M, K) soft target, or None for index targets
-    valid: Tensor  # (M,) bool
+    valid: Tensor | None  # (M,) bool, or None when nothing can be ignored
     batch_size: int
 
 
 class Binary(NamedTuple):
     logits: Tensor  # (N, P)
     target: Tensor  # (N, P) float in [0, 1], ignored elements set to 0
-    valid: Tensor  # (N, P) bool
+    valid: Tensor | None  # (N, P) bool, or None when nothing can be ignored
+    shape: torch.Size  # the input's shape, (N,), (N, K) or (N, K, *d)
 
 
 def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _within(x: Tensor, low: float, high: float) -> bool:
-    """One pass (and one host read) telling whether every element lies in [low, high]."""
-    if x.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(x)
-    return bool((lo >= low) & (hi <= high))
+def kernel_ignore_index(ignore_index: int | None) -> int:
+    """The ``ignore_index`` to hand torch's kernels (``NO_IGNORE`` when none is set)."""
+    return NO_IGNORE if ignore_index is None else ignore_index
 
 
-def _values_known() -> bool:
-    return not torch.compiler.is_compiling()
+def target_mask(logits: Tensor, target: Tensor) -> Tensor:
+    """Boolean (M, K) mask of each row's target class (``scatter`` range-checks the indices)."""
+    mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    return mask.scatter_(1, target[:, None], True)
 
 
 def check_categorical(
     input: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     allow_soft: bool = True,
-    check_nan: bool = False,
-) -> Tensor:
+    validate_args: bool = False,
+) -> Tensor | None:
     """Validate logits and an index or soft target; return the element validity mask.
 
     The mask has the target's layout without the class dimension, ``(N, *d)``: False where an
-    index target equals ``ignore_index``, all True for soft targets.
+    index target equals ``ignore_index``. It is ``None`` when nothing can be ignored (soft
+    targets, or ``ignore_index=None``). Label values are left to the kernels (see the module
+    docstring); ``validate_args`` adds on-device checks of finite input and label range.
     """
     check_tensor(input, "input")
     check_tensor(target, "target")
@@ -72,10 +88,8 @@ def check_categorical(
         raise ValueError(
             f"`input` must be logits of shape (N, K) or (N, K, *d); got shape {tuple(input.shape)}."
         )
-    if check_nan:
+    if validate_args:
         check_finite(input, "input")
-    n, k = input.shape[0], input.shape[1]
-    expected = (n, *input.shape[2:])
     if target.is_floating_point():
         if not allow_soft:
             raise TypeError(
@@ -87,7 +101,8 @@ def check_categorical(
                 f"a soft `target` must have the input's shape {tuple(input.shape)}; got "
                 f"{tuple(target.shape)}."
             )
-        return torch.ones(expected, dtype=torch.bool, device=input.device)
+        return None
+    expected = (input.shape[0], *input.shape[2:])
     if target.shape != expected:
         raise ValueError(
             f"`target` of class indices must have shape {expected} for input of shape "
@@ -95,36 +110,82 @@ def check_categorical(
         )
     if target.dtype == torch.bool:
         raise TypeError("`target` must hold integer class indices; got a bool tensor.")
-    valid = target != ignore_index
-    if _values_known() and not _within(target, 0, k - 1):
-        bad = valid & ((target < 0) | (target >= k))
-        if bool(bad.any()):
-            vals = sorted(set(target[bad].tolist()))[:5]
-            raise ValueError(
-                f"`target` holds labels outside [0, {k - 1}] (input has {k} classes) that are not "
-                f"`ignore_index`={ignore_index}: {vals}."
-            )
+    valid = None if ignore_index is None else target != ignore_index
+    if validate_args:
+        k = input.shape[1]
+        in_range = (target >= 0) & (target < k)
+        ok = in_range if valid is None else in_range | ~valid
+        check_on_device(
+            ok.all(),
+            f"`target` holds labels outside [0, {k - 1}] (input has {k} classes).",
+            lambda: _label_message(input, target, ignore_index),
+        )
     return valid
+
+
+def _label_message(input: Tensor, target: Tensor, ignore_index: int | None) -> str:
+    k = input.shape[1]
+    bad = (target < 0) | (target >= k)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    vals = sorted(set(target[bad].tolist()))[:5]
+    hint = ""
+    if ignore_index is None and any(v < 0 for v in vals):
+        hint = (
+            f" To skip elements labelled {vals[0]}, build the loss with `ignore_index={vals[0]}` "
+            "(nothing is ignored by default)."
+        )
+    kept = "" if ignore_index is None else f" that are not `ignore_index`={ignore_index}"
+    return (
+        f"`target` holds labels outside [0, {k - 1}] (input has {k} classes){kept}: {vals}.{hint}"
+    )
+
+
+def explain_categorical(input: Tensor, target: Tensor, ignore_index: int | None) -> None:
+    """After a kernel failed: raise a ``ValueError`` naming the bad labels, if there are any.
+
+    This is the error path, so it may read values; it raises nothing when the labels are fine
+    (the caller then re-raises the kernel's own error).
+    """
+    if not (
+        isinstance(input, Tensor)
+        and isinstance(target, Tensor)
+        and input.ndim >= 2
+        and not target.is_floating_point()
+        and target.dtype != torch.bool
+    ):
+        return
+    k = input.shape[1]
+    bad = (target < 0) | (target >= k)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bool(bad.any()):
+        raise ValueError(_label_message(input, target, ignore_index))
 
 
 def prepare_categorical(
     input: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     allow_soft: bool = True,
-    check_nan: bool = False,
+    validate_args: bool = False,
 ) -> Categorical:
     """Validate (see :func:`check_categorical`) and flatten to rows ``(M, K)``."""
     valid = check_categorical(
-        input, target, ignore_index=ignore_index, allow_soft=allow_soft, check_nan=check_nan
-    ).reshape(-1)
+        input, target, ignore_index=ignore_index, allow_soft=allow_soft, validate_args=validate_args
+    )
     n, k = input.shape[0], input.shape[1]
-    logits = upcast(input).movedim(1, -1).reshape(-1, k)
+    x = upcast(input)
+    logits = x if x.ndim == 2 else x.movedim(1, -1).reshape(-1, k)
     if target.is_floating_point():
-        soft = upcast(target).movedim(1, -1).reshape(-1, k).to(logits.dtype)
-        return Categorical(logits, soft.argmax(-1), soft, valid, n)
-    flat = target.reshape(-1).long()
+        t = upcast(target).to(logits.dtype)
+        soft = t if t.ndim == 2 else t.movedim(1, -1).reshape(-1, k)
+        return Categorical(logits, soft.argmax(-1), soft, None, n)
+    flat = target.reshape(-1)
+    if valid is None:
+        return Categorical(logits, flat, None, None, n)
+    valid = valid.reshape(-1)
     return Categorical(logits, torch.where(valid, flat, 0), None, valid, n)
 
 
@@ -132,9 +193,14 @@ def prepare_binary(
     input: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
-    check_nan: bool = False,
+    ignore_index: int | None = None,
+    validate_args: bool = False,
 ) -> Binary:
+    """Validate logits and a same-shape target in [0, 1]; flatten both to ``(N, P)``.
+
+    ``validate_args`` checks, on the device, that the input is finite and the target lies in
+    [0, 1] (or equals ``ignore_index``).
+    """
     check_tensor(input, "input")
     check_tensor(target, "target")
     check_float(input, "input")
@@ -145,30 +211,55 @@ def prepare_binary(
             f"`target` must have the input's shape {tuple(input.shape)} (one 0/1 label per "
             f"logit); got {tuple(target.shape)}."
         )
-    if check_nan:
-        check_finite(input, "input")
     n = input.shape[0]
     logits = upcast(input).reshape(n, -1)
     t = target.reshape(n, -1)
-    valid = t != ignore_index
-    t = torch.where(valid, t, torch.zeros_like(t)).to(logits.dtype)
-    if _values_known() and not _within(t, 0, 1):
-        bad = valid & ((t < 0) | (t > 1))
-        if bool(bad.any()):
-            vals = sorted(set(t[bad].tolist()))[:5]
-            raise ValueError(
-                f"`target` of a binary / multi-label loss must lie in [0, 1] (or equal "
-                f"`ignore_index`={ignore_index}); got {vals}."
-            )
-    return Binary(logits, t, valid)
+    valid = None if ignore_index is None else t != ignore_index
+    if valid is not None:
+        t = torch.where(valid, t, torch.zeros_like(t))
+    t = t.to(logits.dtype)
+    if validate_args:
+        check_finite(input, "input")
+        in_range = (t >= 0) & (t <= 1)
+        check_on_device(
+            (in_range if valid is None else in_range | ~valid).all(),
+            "`target` of a binary / multi-label loss must lie in [0, 1].",
+            lambda: _binary_message(t, valid, ignore_index),
+        )
+    return Binary(logits, t, valid, input.shape)
+
+
+def _binary_message(t: Tensor, valid: Tensor | None, ignore_index: int | None) -> str:
+    bad = (t < 0) | (t > 1)
+    if valid is not None:
+        bad &= valid
+    vals = sorted(set(t[bad].tolist()))[:5]
+    kept = "" if ignore_index is None else f" (or equal `ignore_index`={ignore_index})"
+    return f"`target` of a binary / multi-label loss must lie in [0, 1]{kept}; got {vals}."
 
 
 def per_sample_reduce(
-    element_loss: Tensor, valid: Tensor, batch_size: int, how: str = "mean"
+    element_loss: Tensor, valid: Tensor | None, batch_size: int, how: str = "mean"
 ) -> PerSample:
     """Fold element losses (M,) or (N, P) into one value per sample over its valid elements."""
     elem = element_loss.reshape(batch_size, -1)
+    if valid is None:
+        return PerSample(elem.sum(1) if how == "sum" else elem.mean(1))
     mask = valid.reshape(batch_size, -1)
     total = torch.where(mask, elem, torch.zeros_like(elem)).sum(1)
     values = total if how == "sum" else total / mask.sum(1).clamp_min(1).to(total.dtype)
     return PerSample(values, mask.any(1))
+
+
+def reduce_elements_fused(element_loss: Tensor, batch_size: int, reduction: str) -> Tensor:
+    """``reduce_loss(per_sample_reduce(element_loss, None, n), reduction)`` in one reduction.
+
+    Every sample has the same number ``P`` of elements, so the mean of the per-sample means is
+    the mean over all elements, and the sum of the per-sample means is the element sum over
+    ``P`` (equal up to the order of the floating-point summation).
+    """
+    if reduction == "mean":
+        return element_loss.mean() if element_loss.numel() else element_loss.sum()
+    total = element_loss.sum()
+    per_sample = element_loss.numel() // batch_size if batch_size else 1
+    return total if per_sample == 1 else total / per_sample

@@ -38,14 +38,16 @@ from torch import Tensor
 from .._checks import check_choice, check_positive
 from .._reduce import PerSample
 from ..registry import register_loss
-from ._inputs import Categorical
+from ._inputs import Categorical, target_mask
 from .classification import CategoricalLoss, log_one_minus_p_target
 
 BASES = ("cross_entropy", "focal")
 
 
-def _valid_mean(x: Tensor, valid: Tensor) -> Tensor:
+def _valid_mean(x: Tensor, valid: Tensor | None) -> Tensor:
     """Mean of the rows of ``x`` (M,) or (M, K) over the valid rows; 0 when none is valid."""
+    if valid is None:
+        return x.sum(0) / max(x.shape[0], 1)
     mask = valid.to(x.dtype)
     if x.ndim == 2:
         mask = mask[:, None]
@@ -55,7 +57,7 @@ def _valid_mean(x: Tensor, valid: Tensor) -> Tensor:
 def mdca_penalty(c: Categorical) -> Tensor:
     r"""MDCA of flattened rows: :math:`\frac1K\sum_k |\bar p_k - \bar y_k|` over valid rows."""
     probs = F.softmax(c.logits, dim=1)
-    onehot = F.one_hot(c.target, c.logits.shape[1]).to(probs.dtype)
+    onehot = target_mask(probs, c.target).to(probs.dtype)
     return (_valid_mean(probs, c.valid) - _valid_mean(onehot, c.valid)).abs().mean()
 
 
@@ -81,12 +83,15 @@ class _BatchPenaltyLoss(CategoricalLoss, abc.ABC):
         gamma: float | None,
         *,
         weight: Sequence[float] | Tensor | None,
-        ignore_index: int,
+        ignore_index: int | None,
         reduction: str,
-        check_finite: bool,
+        validate_args: bool,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.beta = check_positive(beta, "beta", allow_zero=True)
         self.base = check_choice(base, BASES, "base")
@@ -149,7 +154,8 @@ class MDCALoss(_BatchPenaltyLoss):
         gamma: focal exponent, only with ``base="focal"``; None means 1 (the authors' FL+MDCA
             setting).
         weight: per-class weights (K,) of the base term, or None.
-        ignore_index: index targets equal to it are skipped, in the base term and in MDCA.
+        ignore_index: index targets equal to it are skipped, in the base term and in MDCA;
+            None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d) logits; target (N,) / (N, *d) class indices (soft targets
     are not supported).
@@ -166,9 +172,9 @@ class MDCALoss(_BatchPenaltyLoss):
         gamma: float | None = None,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             beta,
@@ -177,7 +183,7 @@ class MDCALoss(_BatchPenaltyLoss):
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
     def penalty(self, c: Categorical) -> Tensor:
@@ -212,7 +218,8 @@ class DCALoss(_BatchPenaltyLoss):
         base: ``"cross_entropy"`` (the paper, default) or ``"focal"``.
         gamma: focal exponent, only with ``base="focal"``; None means 1.
         weight: per-class weights (K,) of the base term, or None.
-        ignore_index: index targets equal to it are skipped, in the base term and in DCA.
+        ignore_index: index targets equal to it are skipped, in the base term and in DCA;
+            None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d) logits; target (N,) / (N, *d) class indices.
 
@@ -228,9 +235,9 @@ class DCALoss(_BatchPenaltyLoss):
         gamma: float | None = None,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             beta,
@@ -239,7 +246,7 @@ class DCALoss(_BatchPenaltyLoss):
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
     def penalty(self, c: Categorical) -> Tensor:
@@ -291,7 +298,7 @@ class CorrectnessAwareLoss(CategoricalLoss):
 
     Args:
         weight: per-class weights :math:`w` (K,), or None (the paper: none).
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d) logits; target (N,) / (N, *d) class indices (soft targets
     are rejected: correctness needs a hard label).
@@ -301,16 +308,22 @@ class CorrectnessAwareLoss(CategoricalLoss):
         >>> loss(torch.randn(8, 10), torch.randint(0, 10, (8,)))  # doctest: +SKIP
     """
 
+    # correctness compares labels with the argmax, which no kernel range-checks
+    labels_checked_by_kernel = False
+
     def __init__(
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
 
     def element_loss(self, c: Categorical) -> Tensor:

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_class_weight, check_number, check_positive, check_range
-from .._reduce import PerSample
+from .._reduce import PerSample, reduce_loss
 from ..registry import register_loss
 from ._base import Loss
 from ._inputs import (
+    Binary,
     Categorical,
     check_categorical,
+    kernel_ignore_index,
     per_sample_reduce,
     prepare_binary,
     prepare_categorical,
+    reduce_elements_fused,
+    target_mask,
     upcast,
 )
 
@@ -35,20 +40,25 @@ class CategoricalLoss(Loss):
 
     Subclasses implement :meth:`element_loss` on flattened rows ``(M, K)``; the result is
     multiplied by the class weight of each row's target and folded into one value per sample
-    (the mean over the sample's non-ignored elements).
+    (the mean over the sample's non-ignored elements). With nothing to ignore, ``"mean"`` and
+    ``"sum"`` reduce the element losses in one pass (:meth:`reduced`).
     """
 
     allow_soft_target = False
+    #: Whether :meth:`element_loss` reads the labels through a kernel that range-checks them
+    #: (``gather``, ``cross_entropy``, ``scatter``). A loss that reads them only through
+    #: comparisons sets it to False and gets an on-device range check on every call instead.
+    labels_checked_by_kernel: ClassVar[bool] = True
 
     def __init__(
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.ignore_index = ignore_index
         w = check_class_weight(weight)
         self.register_buffer("weight", w if w is not None else torch.empty(0), persistent=True)
@@ -60,13 +70,19 @@ class CategoricalLoss(Loss):
         """Per-row weight ``w[y]`` (or ``sum_k w_k q_k`` for soft targets), None if unweighted."""
         if self.weight.numel() == 0:
             return None
-        k = c.logits.shape[1]
+        w = self.checked_weight(c.logits)
+        return c.soft @ w if c.soft is not None else w[c.target]
+
+    def checked_weight(self, logits: Tensor) -> Tensor | None:
+        """The class weight in the logits' dtype (None if unweighted), checked against K."""
+        if self.weight.numel() == 0:
+            return None
+        k = logits.shape[1]
         if self.weight.numel() != k:
             raise ValueError(
                 f"`weight` has {self.weight.numel()} entries but the input has {k} classes."
             )
-        w = self.weight.to(c.logits.dtype)
-        return c.soft @ w if c.soft is not None else w[c.target]
+        return self.weight.to(logits.dtype)
 
     def prepare(self, input: Tensor, target: Tensor) -> Categorical:
         """Validate and flatten to rows, with this loss's ``ignore_index`` and target rules."""
@@ -75,32 +91,46 @@ class CategoricalLoss(Loss):
             target,
             ignore_index=self.ignore_index,
             allow_soft=self.allow_soft_target,
-            check_nan=self.check_finite,
+            validate_args=self.validate_args or not self.labels_checked_by_kernel,
         )
+
+    def weighted_element_loss(self, c: Categorical) -> Tensor:
+        """Element losses (M,) times the class weight of each row."""
+        loss = self.element_loss(c)
+        w = self.class_weight(c)
+        return loss if w is None else loss * w
 
     def reduce_elements(self, c: Categorical) -> PerSample:
         """Element losses times the class weight, folded to one value per sample."""
-        loss = self.element_loss(c)
-        w = self.class_weight(c)
-        if w is not None:
-            loss = loss * w
-        return per_sample_reduce(loss, c.valid, c.batch_size)
+        return per_sample_reduce(self.weighted_element_loss(c), c.valid, c.batch_size)
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         return self.reduce_elements(self.prepare(input, target))
 
+    def reduced(self, input: Tensor, target: Tensor, **context: Any) -> Tensor | None:
+        # Only for losses that keep this class's per_sample: one that overrides it (context, a
+        # batch statistic, a different fold) defines its own reduction, or uses the default.
+        if context or type(self).per_sample is not CategoricalLoss.per_sample:
+            return None
+        c = self.prepare(input, target)
+        if c.valid is not None:
+            return reduce_loss(self.reduce_elements(c), self.reduction)
+        return reduce_elements_fused(self.weighted_element_loss(c), c.batch_size, self.reduction)
 
-def log_one_minus_p_target(logits: Tensor, target: Tensor) -> Tensor:
+
+def log_one_minus_p_target(
+    logits: Tensor, target: Tensor, lse: Tensor | None = None
+) -> Tensor:
     """``log(1 - p_y)`` computed as ``logsumexp_{k != y} z_k - logsumexp_k z_k``.
 
     Stable where ``p_y`` rounds to 1 (it stays finite, and so do its gradients), unlike
-    ``log1p(-p_y)``.
+    ``log1p(-p_y)``. ``lse`` is ``logsumexp_k z_k`` when the caller has it already.
     """
     if logits.shape[1] < 2:
         raise ValueError(f"`input` must have at least 2 classes; got {logits.shape[1]}.")
-    is_target = F.one_hot(target, logits.shape[1]).bool()
-    others = logits.masked_fill(is_target, torch.finfo(logits.dtype).min)
-    return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
+    others = logits.masked_fill(target_mask(logits, target), torch.finfo(logits.dtype).min)
+    lse = torch.logsumexp(logits, dim=1) if lse is None else lse
+    return torch.logsumexp(others, dim=1) - lse
 
 
 @register_loss(
@@ -121,14 +151,15 @@ class CrossEntropyLoss(CategoricalLoss):
 
     and for a soft target :math:`q` (mixup, cutmix):
     :math:`\ell = -\sum_k w_k\, q'_k \log p_k` with :math:`q' = (1-\varepsilon) q + \varepsilon/K`.
-    These equal ``torch.nn.functional.cross_entropy(..., reduction="none")`` element-wise;
+    These equal ``torch.nn.functional.cross_entropy(..., reduction="none")`` element-wise, and
+    torch's fused kernel computes them (and, without ``sample_weight``, their reduction).
     ``reduction="mean"`` divides by the number of samples (not by the sum of class weights), see
     :mod:`lightning_losses._reduce`.
 
     Args:
         label_smoothing: :math:`\varepsilon \in [0, 1]`; 0 by default (0.1 in the paper).
         weight: per-class weights :math:`w` (K,), or None.
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d); target (N,) / (N, *d) indices, or soft (N, K, *d).
 
@@ -144,36 +175,58 @@ class CrossEntropyLoss(CategoricalLoss):
         label_smoothing: float = 0.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.label_smoothing = check_range(label_smoothing, "label_smoothing", 0.0, 1.0)
 
-    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+    def _cross_entropy(self, input: Tensor, target: Tensor, reduction: str):
         # The formula is torch's own cross-entropy element for element; its fused kernel works on
-        # the (N, K, *d) layout directly, with no copy to rows.
+        # the (N, K, *d) layout directly, with no copy to rows, and range-checks the labels.
         valid = check_categorical(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+            input,
+            target,
+            ignore_index=self.ignore_index,
+            validate_args=self.validate_args,
         )
         x = upcast(input)
-        k = x.shape[1]
-        w = self.weight.to(x.dtype) if self.weight.numel() else None
-        if w is not None and w.numel() != k:
-            raise ValueError(f"`weight` has {w.numel()} entries but the input has {k} classes.")
         t = upcast(target).to(x.dtype) if target.is_floating_point() else target
         loss = F.cross_entropy(
             x,
             t,
-            weight=w,
-            ignore_index=self.ignore_index,
+            weight=self.checked_weight(x),
+            ignore_index=kernel_ignore_index(self.ignore_index),
             label_smoothing=self.label_smoothing,
-            reduction="none",
+            reduction=reduction,
         )
+        return loss, valid, x
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        loss, valid, x = self._cross_entropy(input, target, "none")
         return per_sample_reduce(loss, valid, x.shape[0])
+
+    def reduced(self, input: Tensor, target: Tensor) -> Tensor | None:
+        if self.ignore_index is not None and input.ndim > 2:
+            return None  # a per-image mean over each image's own valid pixels
+        unweighted = self.weight.numel() == 0
+        if unweighted and self.ignore_index is None and self.reduction == "mean":
+            return self._cross_entropy(input, target, "mean")[0]
+        # torch's "mean" divides by the summed class weights; ours by the number of samples.
+        total, valid, x = self._cross_entropy(input, target, "sum")
+        if valid is not None:  # (N, K) input: one element per sample
+            return total if self.reduction == "sum" else total / valid.sum().clamp_min(1)
+        n, k = x.shape[0], x.shape[1]
+        elements = x.numel() // k if k else 0
+        if self.reduction == "mean":
+            return total / elements if elements else total
+        return total / (elements // n) if elements > n else total
 
 
 @register_loss(
@@ -206,12 +259,15 @@ class FocalLoss(CategoricalLoss):
         alpha: float | Sequence[float] | None = None,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
         a = torch.as_tensor(alpha if alpha is not None else [], dtype=torch.float32)
@@ -221,10 +277,12 @@ class FocalLoss(CategoricalLoss):
         self._alpha_is_scalar = a.ndim == 0
 
     def element_loss(self, c: Categorical) -> Tensor:
-        logp_t = F.log_softmax(c.logits, dim=1).gather(1, c.target[:, None]).squeeze(1)
-        loss = -logp_t
+        # one logsumexp serves log p_y = z_y - lse and log(1 - p_y)
+        lse = torch.logsumexp(c.logits, dim=1)
+        loss = lse - c.logits.gather(1, c.target[:, None]).squeeze(1)  # -log p_y
         if self.gamma > 0:
-            loss = torch.exp(self.gamma * log_one_minus_p_target(c.logits, c.target)) * loss
+            log_q = log_one_minus_p_target(c.logits, c.target, lse)
+            loss = torch.exp(self.gamma * log_q) * loss
         if self.alpha.numel():
             a = self.alpha.to(loss.dtype)
             k = c.logits.shape[1]
@@ -234,12 +292,65 @@ class FocalLoss(CategoricalLoss):
         return loss
 
 
+class BinaryLoss(Loss):
+    """Shared plumbing for sigmoid (binary / multi-label) losses: shapes, ``ignore_index``, fold.
+
+    Subclasses implement :meth:`element_loss` on the flattened ``(N, P)`` layout; a sample's
+    value is the mean (``fold = "mean"``) or the sum (``fold = "sum"``) of its non-ignored
+    element losses. With nothing to ignore, ``"mean"`` and ``"sum"`` reduce the element losses
+    in one pass (:meth:`reduced`).
+    """
+
+    target_kind = "multilabel"
+    fold: ClassVar[str] = "mean"
+
+    def __init__(
+        self,
+        *,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        validate_args: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, validate_args=validate_args)
+        self.ignore_index = ignore_index
+
+    def element_loss(self, b: Binary) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement element_loss")
+
+    def prepare(self, input: Tensor, target: Tensor) -> Binary:
+        return prepare_binary(
+            input, target, ignore_index=self.ignore_index, validate_args=self.validate_args
+        )
+
+    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
+        b = self.prepare(input, target)
+        return per_sample_reduce(self.element_loss(b), b.valid, b.shape[0], how=self.fold)
+
+    def reduced(self, input: Tensor, target: Tensor, **context: Any) -> Tensor | None:
+        if context or type(self).per_sample is not BinaryLoss.per_sample:
+            return None
+        b = self.prepare(input, target)
+        if b.valid is not None:
+            values = per_sample_reduce(self.element_loss(b), b.valid, b.shape[0], how=self.fold)
+            return reduce_loss(values, self.reduction)
+        return self.reduce_all(b)
+
+    def reduce_all(self, b: Binary) -> Tensor:
+        """The reduction of every element at once (no element is ignored)."""
+        loss = self.element_loss(b)
+        n = b.shape[0]
+        if self.fold == "mean":
+            return reduce_elements_fused(loss, n, self.reduction)
+        total = loss.sum()
+        return total / n if self.reduction == "mean" and n else total
+
+
 @register_loss(
     "binary_focal",
     family="classification",
     paper="Lin et al., Focal Loss for Dense Object Detection, ICCV 2017",
 )
-class BinaryFocalLoss(Loss):
+class BinaryFocalLoss(BinaryLoss):
     r"""Sigmoid focal loss for binary and multi-label targets.
 
     With :math:`p = \sigma(x)`, :math:`p_t = p` where :math:`t = 1` and :math:`1 - p` where
@@ -259,12 +370,10 @@ class BinaryFocalLoss(Loss):
         alpha: :math:`\alpha \in [0, 1]` for positives, 0.25 (paper); None disables it.
         weight: per-class weights :math:`w` (K,) multiplying each element's loss along dim 1;
             None for all ones.
-        ignore_index: target elements equal to it are skipped.
+        ignore_index: target elements equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N,), (N, K) or (N, K, *d); target of the same shape, values in [0, 1].
     """
-
-    target_kind = "multilabel"
 
     def __init__(
         self,
@@ -272,30 +381,30 @@ class BinaryFocalLoss(Loss):
         alpha: float | None = 0.25,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(
+            ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
+        )
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
         self.alpha = None if alpha is None else check_range(alpha, "alpha", 0.0, 1.0)
-        self.ignore_index = ignore_index
         w = check_class_weight(weight, "weight")
         self.register_buffer("weight", w if w is not None else torch.empty(0))
 
-    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        b = prepare_binary(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
-        )
+    def element_loss(self, b: Binary) -> Tensor:
         x, t = b.logits, b.target
         loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
         if self.gamma > 0:
-            loss = torch.exp(self.gamma * F.logsigmoid(-x * (2 * t - 1))) * loss
+            # -x (2t - 1) = x (1 - 2t)
+            loss = torch.exp(self.gamma * F.logsigmoid(x * (1 - 2 * t))) * loss
         if self.alpha is not None:
-            loss = (self.alpha * t + (1 - self.alpha) * (1 - t)) * loss
+            # alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t
+            loss = ((2 * self.alpha - 1) * t + (1 - self.alpha)) * loss
         if self.weight.numel():
-            loss = loss * per_class_factor(self.weight.to(x.dtype), input.shape, x.shape[0])
-        return per_sample_reduce(loss, b.valid, x.shape[0])
+            loss = loss * per_class_factor(self.weight.to(x.dtype), b.shape, x.shape[0])
+        return loss
 
 
 def per_class_factor(weight: Tensor, input_shape: torch.Size, n: int) -> Tensor:
@@ -314,7 +423,7 @@ def per_class_factor(weight: Tensor, input_shape: torch.Size, n: int) -> Tensor:
     family="classification",
     paper="Standard binary cross-entropy on logits (Bernoulli likelihood)",
 )
-class BinaryCrossEntropyLoss(Loss):
+class BinaryCrossEntropyLoss(BinaryLoss):
     r"""Binary / multi-label cross-entropy on logits, with per-class and positive weights.
 
     With :math:`p = \sigma(x)`, per-class weights :math:`w_k` and positive weights :math:`v_k`:
@@ -322,56 +431,55 @@ class BinaryCrossEntropyLoss(Loss):
     .. math::
         \ell_{k} = -w_k \big[v_k\, t_k \log p_k + (1 - t_k) \log(1 - p_k)\big]
 
-    computed in log space by torch's fused ``binary_cross_entropy_with_logits``. The per-sample
-    value is the mean over the sample's non-ignored elements, so ``"mean"`` equals
+    computed in log space by torch's fused ``binary_cross_entropy_with_logits``, which also
+    reduces when no per-sample value is needed. The per-sample value is the mean over the
+    sample's non-ignored elements, so ``"mean"`` equals
     ``torch.nn.functional.binary_cross_entropy_with_logits(..., reduction="mean")`` when nothing
     is ignored.
 
     Args:
         weight: per-class weights :math:`w` (K,), applied along dim 1; None for all ones.
         pos_weight: per-class positive weights :math:`v` (K,); None for all ones.
-        ignore_index: target elements equal to it are skipped.
+        ignore_index: target elements equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N,), (N, K) or (N, K, *d); target of the same shape with values in [0, 1].
     """
-
-    target_kind = "multilabel"
 
     def __init__(
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
         pos_weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
-        self.ignore_index = ignore_index
+        super().__init__(
+            ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
+        )
         w = check_class_weight(weight, "weight")
         v = check_class_weight(pos_weight, "pos_weight")
         self.register_buffer("weight", w if w is not None else torch.empty(0))
         self.register_buffer("pos_weight", v if v is not None else torch.empty(0))
 
-    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        b = prepare_binary(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
-        )
-        x, t = b.logits, b.target
-        n = x.shape[0]
-        w = (
-            per_class_factor(self.weight.to(x.dtype), input.shape, n)
-            if self.weight.numel()
-            else None
-        )
-        v = (
-            per_class_factor(self.pos_weight.to(x.dtype), input.shape, n)
-            if self.pos_weight.numel()
-            else None
-        )
+    def _bce(self, b: Binary, reduction: str) -> Tensor:
+        x, t, n = b.logits, b.target, b.shape[0]
+        w = self.weight
+        v = self.pos_weight
+        w = per_class_factor(w.to(x.dtype), b.shape, n) if w.numel() else None
+        v = per_class_factor(v.to(x.dtype), b.shape, n) if v.numel() else None
         # torch's fused kernel computes exactly this formula, stably (log-sum-exp form).
-        loss = F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=v, reduction="none")
-        return per_sample_reduce(loss, b.valid, n)
+        return F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=v, reduction=reduction)
+
+    def element_loss(self, b: Binary) -> Tensor:
+        return self._bce(b, "none")
+
+    def reduce_all(self, b: Binary) -> Tensor:
+        if self.reduction == "mean" and b.logits.numel():  # torch's mean: over all elements
+            return self._bce(b, "mean")
+        total = self._bce(b, "sum")
+        per_sample = b.logits.shape[1] if b.logits.ndim == 2 else 1
+        return total / per_sample if per_sample > 1 else total
 
 
 def _require_classes(c: Categorical, minimum: int = 2) -> int:
@@ -429,11 +537,12 @@ class Poly1Loss(CategoricalLoss):
     .. math::
         \ell = w_y \big[-\log p_t + \varepsilon\,(1 - p_t)\big]
 
-    For index targets :math:`p_t = p_y` and :math:`1 - p_y` is computed as
-    :math:`\exp(\mathrm{logsumexp}_{k\ne y} z_k - \mathrm{logsumexp}_k z_k)` (accurate where
-    :math:`p_y \to 1`). For soft targets :math:`q` (label smoothing, mixup) the paper's reference
-    form is used: :math:`-\sum_k q_k \log p_k + \varepsilon (1 - \sum_k q_k p_k)`. The class weight
-    :math:`w_y` (or :math:`\sum_k w_k q_k`) multiplies both terms. :math:`\varepsilon = 0` gives
+    For index targets :math:`p_t = p_y`; with :math:`\mathrm{ce} = -\log p_y` from torch's fused
+    ``cross_entropy``, :math:`1 - p_y = -\mathrm{expm1}(-\mathrm{ce})`, exact in every regime up
+    to the rounding of the cross-entropy itself. For soft targets :math:`q` (label smoothing,
+    mixup) the paper's reference form is used:
+    :math:`-\sum_k q_k \log p_k + \varepsilon (1 - \sum_k q_k p_k)`. The class weight :math:`w_y`
+    (or :math:`\sum_k w_k q_k`) multiplies both terms. :math:`\varepsilon = 0` gives
     cross-entropy.
 
     Args:
@@ -455,12 +564,15 @@ class Poly1Loss(CategoricalLoss):
         epsilon: float = 1.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
@@ -472,8 +584,9 @@ class Poly1Loss(CategoricalLoss):
             logp = F.log_softmax(c.logits, dim=1)
             ce = -(c.soft * logp).sum(1)
             return ce + self.epsilon * (1 - (c.soft * logp.exp()).sum(1))
-        _, logp_t = _target_log_prob(c)
-        return -logp_t + self.epsilon * _one_minus_p_target(c)
+        # 1 - p_y = -expm1(-ce): as accurate as the cross-entropy itself, from its fused kernel
+        ce = F.cross_entropy(c.logits, c.target, reduction="none")
+        return ce - self.epsilon * torch.expm1(-ce)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}, " + super().extra_repr()
@@ -513,9 +626,9 @@ class Poly1FocalLoss(FocalLoss):
         alpha: float | Sequence[float] | None = None,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             gamma=check_number(gamma, "gamma"),
@@ -523,7 +636,7 @@ class Poly1FocalLoss(FocalLoss):
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
         self.epsilon = check_number(epsilon, "epsilon")
         if self.epsilon < -1:
@@ -608,12 +721,15 @@ class CompSumLoss(CategoricalLoss):
         tau: float = 1.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.tau = check_positive(tau, "tau", allow_zero=True)
 
@@ -623,7 +739,7 @@ class CompSumLoss(CategoricalLoss):
             target,
             ignore_index=self.ignore_index,
             allow_soft=self.allow_soft_target,
-            check_nan=self.check_finite,
+            validate_args=self.validate_args,
         )
         loss = self._phi(c, exp_cap(input.dtype))
         w = self.class_weight(c)
@@ -672,16 +788,16 @@ class SumExpLoss(CompSumLoss):
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             0.0,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
 
@@ -713,9 +829,9 @@ class GCELoss(CompSumLoss):
         q: float = 0.7,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         q = check_range(q, "q", 0.0, 1.0, closed="right")
         super().__init__(
@@ -723,7 +839,7 @@ class GCELoss(CompSumLoss):
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
         self.q = q
 
@@ -756,16 +872,16 @@ class MAELoss(CompSumLoss):
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             2.0,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
 
@@ -808,12 +924,15 @@ class ReverseCrossEntropyLoss(CategoricalLoss):
         A: float = -4.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.A = _check_rce_a(A)
 
@@ -857,12 +976,15 @@ class SymmetricCrossEntropyLoss(CategoricalLoss):
         A: float = -4.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
         self.beta = check_positive(beta, "beta", allow_zero=True)
@@ -947,12 +1069,15 @@ class NCERCELoss(CategoricalLoss):
         A: float = -4.0,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
         self.beta = check_positive(beta, "beta", allow_zero=True)
@@ -1008,12 +1133,15 @@ class SphericalZLoss(CategoricalLoss):
         eps: float = 1e-6,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.a = check_positive(a, "a")
         self.b = check_number(b, "b")
@@ -1048,7 +1176,7 @@ class LogitZRegularizer(CategoricalLoss):
 
     Args:
         kappa: :math:`\kappa \ge 0`; 1e-4 (PaLM).
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Example:
         >>> loss = build_loss("logit_z_regularizer", kappa=1e-4)  # doctest: +SKIP
@@ -1056,15 +1184,20 @@ class LogitZRegularizer(CategoricalLoss):
 
     allow_soft_target = True
 
+    # the penalty never reads the label, so no kernel range-checks it
+    labels_checked_by_kernel = False
+
     def __init__(
         self,
         kappa: float = 1e-4,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(ignore_index=ignore_index, reduction=reduction, check_finite=check_finite)
+        super().__init__(
+            ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
+        )
         self.kappa = check_positive(kappa, "kappa", allow_zero=True)
 
     def element_loss(self, c: Categorical) -> Tensor:
@@ -1126,7 +1259,7 @@ class GumbelLoss(Loss):
 
     Args:
         weight: per-class weights :math:`w` (K,), applied along dim 1; None for all ones.
-        ignore_index: target elements equal to it are skipped.
+        ignore_index: target elements equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N,), (N, K) or (N, K, *d); target of the same shape with values in [0, 1].
 
@@ -1140,18 +1273,18 @@ class GumbelLoss(Loss):
         self,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.ignore_index = ignore_index
         w = check_class_weight(weight, "weight")
         self.register_buffer("weight", w if w is not None else torch.empty(0))
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         b = prepare_binary(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+            input, target, ignore_index=self.ignore_index, validate_args=self.validate_args
         )
         x, t = b.logits, b.target
         n = x.shape[0]

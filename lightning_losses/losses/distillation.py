@@ -17,7 +17,7 @@ keyword                what it holds
 
 Every teacher tensor is detached inside the loss (no gradient reaches the teacher), checked for
 shape against ``input`` (a mismatch is a ``ValueError`` that shows both shapes), and, with
-``check_finite=True``, checked for NaN like ``input``. The registry context token of these
+``validate_args=True``, checked for NaN like ``input``. The registry context token of these
 losses is ``"teacher"`` (plus ``"epoch"`` for DKD); the keyword names are in each class's
 ``teacher_keys``. The distillation callback runs the teacher and passes them; a direct call must.
 
@@ -56,7 +56,13 @@ from .._checks import (
 from .._reduce import PerSample
 from ..registry import register_loss
 from ._base import Loss
-from ._inputs import Categorical, per_sample_reduce, prepare_categorical, upcast
+from ._inputs import (
+    Categorical,
+    per_sample_reduce,
+    prepare_categorical,
+    target_mask,
+    upcast,
+)
 
 #: The teacher keywords the distillation losses accept, and what each holds.
 TEACHER_CONTEXT = {
@@ -160,7 +166,7 @@ class DistillationLoss(Loss):
 
     A subclass lists the keywords it needs in ``teacher_keys`` and reads them with
     :meth:`teacher`, which detaches, validates the shape against the student's and checks for
-    NaN when ``check_finite`` is set.
+    NaN when ``validate_args`` is set.
     """
 
     context: ClassVar[tuple[str, ...]] = ("teacher",)
@@ -196,7 +202,7 @@ class DistillationLoss(Loss):
             )
         if t.device != input.device:
             raise ValueError(f"`{arg}` is on {t.device} but `input` is on {input.device}.")
-        if self.check_finite:
+        if self.validate_args:
             check_finite(t, arg)
         return t
 
@@ -218,7 +224,7 @@ class DistillationLoss(Loss):
                 f"`input` must have at least {min_ndim} dimension(s) (N first); got shape "
                 f"{tuple(input.shape)}."
             )
-        if self.check_finite:
+        if self.validate_args:
             check_finite(input, "input")
         return input
 
@@ -227,16 +233,20 @@ class _LogitDistillationLoss(DistillationLoss):
     """Logits ``(N, K, *d)`` against ``teacher_logits`` of the same shape, a row per element."""
 
     allow_soft_target: ClassVar[bool] = True
+    #: Most of these losses read the labels only for ``ignore_index`` (or through comparisons),
+    #: so no kernel range-checks them: :meth:`rows` checks them on the device. A loss that
+    #: gathers at the labels sets this to True.
+    labels_checked_by_kernel: ClassVar[bool] = False
 
     def __init__(
         self,
         temperature: float | None,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         # None: a loss without a temperature (DeiT's hard labels).
         self.temperature = (
             None if temperature is None else check_positive(temperature, "temperature")
@@ -252,7 +262,7 @@ class _LogitDistillationLoss(DistillationLoss):
             target,
             ignore_index=self.ignore_index,
             allow_soft=self.allow_soft_target,
-            check_nan=self.check_finite,
+            validate_args=self.validate_args or not self.labels_checked_by_kernel,
         )
         t = self.teacher(teacher_logits, arg, input)
         dtype = _common_dtype(c.logits, t)
@@ -304,12 +314,12 @@ class KDLoss(_LogitDistillationLoss):
         self,
         temperature: float = 4.0,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
 
     def per_sample(self, input: Tensor, target: Tensor, teacher_logits: Tensor) -> PerSample:
@@ -321,7 +331,7 @@ class KDLoss(_LogitDistillationLoss):
 
 def _log_one_minus(log_p: Tensor, target: Tensor) -> Tensor:
     """``log(1 - p_y)`` from the row's log-probabilities, as a logsumexp over k != y."""
-    is_target = F.one_hot(target, log_p.shape[1]).bool()
+    is_target = target_mask(log_p, target)
     return torch.logsumexp(log_p.masked_fill(is_target, torch.finfo(log_p.dtype).min), dim=1)
 
 
@@ -373,12 +383,12 @@ class DKDLoss(_LogitDistillationLoss):
         temperature: float = 4.0,
         warmup: int = 20,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
         self.beta = check_positive(beta, "beta", allow_zero=True)
@@ -403,7 +413,7 @@ class DKDLoss(_LogitDistillationLoss):
         bin_s = torch.stack([ls.gather(1, y)[:, 0], _log_one_minus(ls, c.target)], 1)
         bin_t = torch.stack([lt.gather(1, y)[:, 0], _log_one_minus(lt, c.target)], 1)
         tckd = kl_rows(bin_t, bin_s)
-        is_target = F.one_hot(c.target, k).bool()
+        is_target = target_mask(c.logits, c.target)
         low = torch.finfo(ls.dtype).min
         hat_s = torch.log_softmax((c.logits / temp).masked_fill(is_target, low), 1)
         hat_t = torch.log_softmax((t / temp).masked_fill(is_target, low), 1)
@@ -471,12 +481,12 @@ class DISTLoss(_LogitDistillationLoss):
         gamma: float = 1.0,
         temperature: float = 1.0,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
         self.beta = check_positive(beta, "beta", allow_zero=True)
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
@@ -492,7 +502,7 @@ class DISTLoss(_LogitDistillationLoss):
         yt = torch.softmax(t / temp, 1)
         rows = torch.ones_like(ys, dtype=torch.bool)
         inter = 1.0 - _masked_pearson(ys, yt, rows, 1, self.eps)
-        cols = c.valid[:, None].expand_as(ys)
+        cols = rows if c.valid is None else c.valid[:, None].expand_as(ys)
         intra = (1.0 - _masked_pearson(ys, yt, cols, 0, self.eps)).mean()
         values = temp**2 * (self.beta * inter + self.gamma * intra)
         return PerSample(values, c.valid)
@@ -551,12 +561,12 @@ class DualHeadKDLoss(_LogitDistillationLoss):
         aux_weight: float = 1.0,
         binary: str = "kl",
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
         self.aux_temperature = check_positive(aux_temperature, "aux_temperature")
         self.aux_weight = check_positive(aux_weight, "aux_weight", allow_zero=True)
@@ -625,19 +635,18 @@ class SelfDistillationLoss(_LogitDistillationLoss):
         alpha: float = 0.5,
         temperature: float = 1.0,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
         self.alpha = check_range(alpha, "alpha", 0.0, 1.0)
 
     def per_sample(self, input: Tensor, target: Tensor, teacher_logits: Tensor) -> PerSample:
         c, t = self.rows(input, target, teacher_logits)
-        k = c.logits.shape[1]
-        y = c.soft if c.soft is not None else F.one_hot(c.target, k).to(c.logits.dtype)
+        y = c.soft if c.soft is not None else target_mask(c.logits, c.target).to(c.logits.dtype)
         q = self.alpha * y + (1.0 - self.alpha) * torch.softmax(t / self.temperature, 1)
         values = -(q * torch.log_softmax(c.logits, 1)).sum(1)
         return per_sample_reduce(values, c.valid, c.batch_size)
@@ -673,10 +682,14 @@ class HardDistillationLoss(_LogitDistillationLoss):
     """
 
     def __init__(
-        self, *, ignore_index: int = -100, reduction: str = "mean", check_finite: bool = False
+        self,
+        *,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            None, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            None, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
 
     def per_sample(self, input: Tensor, target: Tensor, teacher_logits: Tensor) -> PerSample:
@@ -718,12 +731,12 @@ class MultiTeacherKDLoss(_LogitDistillationLoss):
         weights: Sequence[float] | None = None,
         temperature: float = 4.0,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            temperature, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            temperature, ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
         )
         self.weights = (
             None
@@ -860,9 +873,9 @@ class AttentionTransferLoss(_PairedDistillationLoss):
         beta: float = 1000.0,
         *,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.p = check_positive(p, "p")
         self.beta = check_positive(beta, "beta", allow_zero=True)
 
@@ -949,9 +962,9 @@ class RKDLoss(_PairedDistillationLoss):
         angle_weight: float = 50.0,
         *,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.distance_weight = check_positive(distance_weight, "distance_weight", allow_zero=True)
         self.angle_weight = check_positive(angle_weight, "angle_weight", allow_zero=True)
 
@@ -1054,9 +1067,9 @@ class RegressionDistillationLoss(_PairedDistillationLoss):
         teacher_weights: Sequence[float] | None = None,
         *,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.distance = check_choice(distance, self.DISTANCES, "distance")
         self.teacher_weights = (
             None

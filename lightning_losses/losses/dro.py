@@ -15,10 +15,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_number, check_positive, check_tensor
+from .._checks import (
+    check_choice,
+    check_int,
+    check_number,
+    check_on_device,
+    check_positive,
+    check_tensor,
+)
 from .._reduce import PerSample
 from ..registry import register_loss
-from ._inputs import Categorical, _values_known, per_sample_reduce
+from ._inputs import Categorical, per_sample_reduce, target_mask
 from .classification import CategoricalLoss
 
 
@@ -74,12 +81,15 @@ class LDRKLLoss(CategoricalLoss):
         transform_logits: bool = True,
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         self.margin = check_positive(margin, "margin", allow_zero=True)
         self.lam = check_positive(lam, "lam")
@@ -95,7 +105,7 @@ class LDRKLLoss(CategoricalLoss):
             z = F.softplus(z)
             z = z / z.mean(1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
         k = z.shape[1]
-        not_target = 1.0 - F.one_hot(c.target, k).to(z.dtype)
+        not_target = 1.0 - target_mask(z, c.target).to(z.dtype)
         gaps = z - z.gather(1, c.target[:, None]) + self.margin * not_target
         return self.lam * (torch.logsumexp(gaps / self.lam, dim=1) - math.log(k))
 
@@ -219,7 +229,8 @@ class ALDRKLLoss(CategoricalLoss):
         num_samples: size of the training set, the length of the ``lambdas`` table; an index
             outside ``[0, num_samples)`` is an error. None (default): the table grows to cover
             the largest index written, with unseen samples at :math:`\lambda_0`, and takes the
-            saved size when a checkpoint is loaded.
+            saved size when a checkpoint is loaded; growing reads the largest index on the host
+            at every training step, which a fixed ``num_samples`` avoids.
         margin: :math:`c \ge 0`; 0.1, the official run script's ``--margin``.
         lam: :math:`\lambda_0 > 0`; 10.0, the value the official run script uses for ALDR (the
             paper tunes it in :math:`\{0.1, 1, 10\}`).
@@ -254,12 +265,15 @@ class ALDRKLLoss(CategoricalLoss):
         logit_transform: str = "abs_mean",
         *,
         weight: Sequence[float] | Tensor | None = None,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
-            weight=weight, ignore_index=ignore_index, reduction=reduction, check_finite=check_finite
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            validate_args=validate_args,
         )
         if num_samples is not None:
             check_int(num_samples, "num_samples", minimum=1)
@@ -302,7 +316,7 @@ class ALDRKLLoss(CategoricalLoss):
             raise ValueError(f"`input` must have at least 2 classes; got {k}.")
         index = self._check_index(index, n)
         s = self.scores(c.logits)
-        not_target = 1.0 - F.one_hot(c.target, k).to(s.dtype)
+        not_target = 1.0 - target_mask(s, c.target).to(s.dtype)
         gaps = s - s.gather(1, c.target[:, None]) + self.margin * not_target
         if self.training:
             lam_prev = self._read(index).to(device=s.device, dtype=s.dtype)
@@ -313,7 +327,7 @@ class ALDRKLLoss(CategoricalLoss):
         penalty = self.alpha * log_k / (2.0 * self.lam) * (lam_i - self.lam) ** 2
         values = lam_i * (torch.logsumexp(gaps / lam_i[:, None], dim=1) - log_k) - penalty
         if self.training and torch.is_grad_enabled() and input.requires_grad:
-            self._write(index[c.valid.to(index.device)], lam_i[c.valid])
+            self._write(index, lam_i, c.valid)
         w = self.class_weight(c)
         if w is not None:
             values = values * w
@@ -331,15 +345,18 @@ class ALDRKLLoss(CategoricalLoss):
                 f"{tuple(index.shape)}."
             )
         index = index.to(device=self.lambdas.device, dtype=torch.long)
-        if self.training and n > 0 and _values_known():
+        if self.training and n > 0:
             limit = self.num_samples
             bad = index < 0 if limit is None else (index < 0) | (index >= limit)
-            if bool(bad.any()):
-                where = ">= 0" if limit is None else f"in [0, {limit})"
-                raise ValueError(
+            where = ">= 0" if limit is None else f"in [0, {limit})"
+            check_on_device(
+                ~bad.any(),
+                f"`index` must be {where} (`num_samples`={limit}).",
+                lambda: (
                     f"`index` must be {where} (`num_samples`={limit}); got "
                     f"{index[bad].unique()[:5].tolist()}."
-                )
+                ),
+            )
         return index
 
     def _read(self, index: Tensor) -> Tensor:
@@ -351,24 +368,34 @@ class ALDRKLLoss(CategoricalLoss):
         stored = table[torch.where(inside, index, 0)]
         return torch.where(inside, stored, torch.full_like(stored, self.lam))
 
-    def _write(self, index: Tensor, lam_i: Tensor) -> None:
+    def _write(self, index: Tensor, lam_i: Tensor, valid: Tensor | None) -> None:
+        """Store the temperatures of the valid rows; when an index repeats, the last row wins.
+
+        With ``num_samples`` set this makes no host read: every row writes, an ignored row (or
+        an earlier duplicate) writes the value its slot must end with, so colliding writes agree.
+        Without it the table grows to the largest index seen, which the host must read.
+        """
         values = lam_i.detach().to(device=self.lambdas.device, dtype=self.lambdas.dtype)
+        if valid is None:
+            valid = torch.ones_like(index, dtype=torch.bool)
+        valid = valid.to(index.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            index, values = _all_gather_rows(index, values)
+            index, values, valid = _all_gather_rows(index, values, valid)
         if index.numel() == 0:
             return
-        size = int(index.max()) + 1
-        if self.num_samples is None and size > self.lambdas.shape[0]:
-            grown = torch.full((size,), self.lam, dtype=self.lambdas.dtype, device=index.device)
-            grown[: self.lambdas.shape[0]] = self.lambdas
-            self.lambdas = grown
-        # Last occurrence wins: sort stably by index and keep the end of each run.
-        order = torch.sort(index, stable=True).indices
-        sorted_index = index[order]
-        last = torch.ones_like(sorted_index, dtype=torch.bool)
-        last[:-1] = sorted_index[1:] != sorted_index[:-1]
-        keep = order[last]
-        self.lambdas[index[keep]] = values[keep]
+        if self.num_samples is None:
+            size = int(index.max()) + 1  # a growing table: the size is data, read on the host
+            if size > self.lambdas.shape[0]:
+                grown = torch.full((size,), self.lam, dtype=self.lambdas.dtype, device=index.device)
+                grown[: self.lambdas.shape[0]] = self.lambdas
+                self.lambdas = grown
+        # The last valid row with the same index, found in O(n^2) on the batch (no table-sized
+        # scratch); -1 where no valid row has that index: the slot keeps its stored value.
+        position = torch.arange(index.numel(), device=index.device)
+        same = (index[:, None] == index[None, :]) & valid[None, :]
+        last = torch.where(same, position[None, :], -1).amax(1)
+        final = torch.where(last >= 0, values[last.clamp_min(0)], self.lambdas[index])
+        self.lambdas[index] = final
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Without `num_samples` the table takes its size from the data: adopt the saved size.
@@ -387,18 +414,23 @@ class ALDRKLLoss(CategoricalLoss):
         )
 
 
-def _all_gather_rows(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Concatenate every rank's (index, value) pairs in rank order (sizes may differ by rank)."""
+def _all_gather_rows(index: Tensor, values: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Concatenate every rank's (index, value, valid) rows in rank order.
+
+    Ranks may hold different numbers of rows, so the sizes are exchanged and read on the host
+    (one read per training step, under DDP only).
+    """
     world = dist.get_world_size()
     device = index.device
     count = torch.tensor([index.numel()], dtype=torch.long, device=device)
     counts = [torch.zeros_like(count) for _ in range(world)]
     dist.all_gather(counts, count)
     sizes = [int(c) for c in counts]
-    packed = torch.zeros(max(sizes), 2, dtype=torch.float64, device=device)
+    packed = torch.zeros(max(sizes), 3, dtype=torch.float64, device=device)
     packed[: index.numel(), 0] = index.double()
     packed[: index.numel(), 1] = values.double()
+    packed[: index.numel(), 2] = valid.double()
     gathered = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(gathered, packed)
     rows = torch.cat([g[:m] for g, m in zip(gathered, sizes, strict=True)])
-    return rows[:, 0].long(), rows[:, 1].to(values.dtype)
+    return rows[:, 0].long(), rows[:, 1].to(values.dtype), rows[:, 2].bool()

@@ -34,8 +34,9 @@ from .._checks import (
 )
 from .._reduce import PerSample
 from ..registry import build_loss, register_loss
-from ._base import ClassCountsLoss, Loss
-from ._inputs import per_sample_reduce, prepare_binary, prepare_categorical
+from ._base import ClassCountsLoss
+from ._inputs import Binary, per_sample_reduce, prepare_binary, prepare_categorical, target_mask
+from .classification import BinaryLoss
 
 Counts = Sequence[float] | Tensor
 
@@ -108,8 +109,8 @@ class _CountsDerived(ClassCountsLoss):
 
     derived_buffers: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, *, reduction: str, check_finite: bool) -> None:
-        super().__init__(None, reduction=reduction, check_finite=check_finite)
+    def __init__(self, *, reduction: str, validate_args: bool) -> None:
+        super().__init__(None, reduction=reduction, validate_args=validate_args)
         for name in self.derived_buffers:
             self.register_buffer(name, torch.empty(0), persistent=False)  # derived from counts
 
@@ -133,19 +134,19 @@ class _ClassBalanced(ClassCountsLoss):
         base: str = "",
         base_kwargs: dict[str, Any] | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(None, reduction=reduction, check_finite=check_finite)
+        super().__init__(None, reduction=reduction, validate_args=validate_args)
         self.beta = check_range(beta, "beta", 0.0, 1.0, closed="left")
         self.base = check_choice(base, self.bases, "base")
         kwargs = dict(base_kwargs or {})
-        taken = [k for k in ("weight", "reduction", "check_finite") if k in kwargs]
+        taken = [k for k in ("weight", "reduction", "validate_args") if k in kwargs]
         if taken:
             raise ValueError(
                 f"`base_kwargs` must not set {taken}: the class-balanced loss sets the base's "
-                "`weight` from the counts and passes its own `reduction` and `check_finite`."
+                "`weight` from the counts and passes its own `reduction` and `validate_args`."
             )
-        self.base_loss = build_loss(base, check_finite=check_finite, **kwargs)
+        self.base_loss = build_loss(base, validate_args=validate_args, **kwargs)
         if class_counts is not None:
             self.set_class_counts(class_counts)
 
@@ -206,7 +207,7 @@ class ClassBalancedLoss(_ClassBalanced):
         base: str = "cross_entropy",
         base_kwargs: dict[str, Any] | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             class_counts,
@@ -214,7 +215,7 @@ class ClassBalancedLoss(_ClassBalanced):
             base=base,
             base_kwargs=base_kwargs,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
 
@@ -254,7 +255,7 @@ class ClassBalancedBCELoss(_ClassBalanced):
         base: str = "binary_cross_entropy",
         base_kwargs: dict[str, Any] | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             class_counts,
@@ -262,7 +263,7 @@ class ClassBalancedBCELoss(_ClassBalanced):
             base=base,
             base_kwargs=base_kwargs,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
 
@@ -300,7 +301,7 @@ class LDAMLoss(_CountsDerived):
         drw_epoch: first epoch with class-balanced weights; None (no DRW). The paper uses 160
             of 200 epochs on CIFAR.
         drw_beta: :math:`\beta` of the DRW weights; 0.9999 (paper).
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d); target (N,) / (N, *d) class indices. Call with
     ``loss(input, target, epoch=current_epoch)``.
@@ -321,11 +322,11 @@ class LDAMLoss(_CountsDerived):
         scale: float = 30.0,
         drw_epoch: int | None = None,
         drw_beta: float = 0.9999,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.max_margin = check_positive(max_margin, "max_margin")
         self.scale = check_positive(scale, "scale")
         if drw_epoch is not None:
@@ -358,12 +359,12 @@ class LDAMLoss(_CountsDerived):
             target,
             ignore_index=self.ignore_index,
             allow_soft=False,
-            check_nan=self.check_finite,
+            validate_args=self.validate_args,
         )
         k = c.logits.shape[1]
         self.require_counts(k)
         margins = self.margins.to(c.logits.dtype)
-        is_target = F.one_hot(c.target, k).to(c.logits.dtype)
+        is_target = target_mask(c.logits, c.target).to(c.logits.dtype)
         z = self.scale * (c.logits - is_target * margins)
         loss = -F.log_softmax(z, dim=1).gather(1, c.target[:, None]).squeeze(1)
         if self.drw_active(epoch):
@@ -401,7 +402,7 @@ class LogitAdjustedLoss(_CountsDerived):
             matter, so frequencies work too.
         tau: :math:`\tau \ge 0`; 1 (the paper's choice, Fisher-consistent for the balanced
             error); 0 gives cross-entropy.
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d); target (N,) / (N, *d) class indices.
     """
@@ -413,11 +414,11 @@ class LogitAdjustedLoss(_CountsDerived):
         class_counts: Counts | None = None,
         *,
         tau: float = 1.0,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.tau = check_positive(tau, "tau", allow_zero=True)
         self.ignore_index = ignore_index
         if class_counts is not None:
@@ -432,7 +433,7 @@ class LogitAdjustedLoss(_CountsDerived):
             target,
             ignore_index=self.ignore_index,
             allow_soft=False,
-            check_nan=self.check_finite,
+            validate_args=self.validate_args,
         )
         self.require_counts(c.logits.shape[1])
         z = c.logits + self.tau * self.log_prior.to(c.logits.dtype)
@@ -460,7 +461,7 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
 
     Args:
         class_counts: training-set counts (K,), or None to be set later.
-        ignore_index: index targets equal to it are skipped.
+        ignore_index: index targets equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d); target (N,) / (N, *d) class indices.
     """
@@ -469,16 +470,16 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
         self,
         class_counts: Counts | None = None,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(
             class_counts,
             tau=1.0,
             ignore_index=ignore_index,
             reduction=reduction,
-            check_finite=check_finite,
+            validate_args=validate_args,
         )
 
     def on_class_counts(self) -> None:
@@ -496,7 +497,7 @@ class BalancedSoftmaxLoss(LogitAdjustedLoss):
     family="imbalance",
     paper="Ridnik et al., Asymmetric Loss For Multi-Label Classification, ICCV 2021",
 )
-class AsymmetricLoss(Loss):
+class AsymmetricLoss(BinaryLoss):
     r"""Asymmetric loss (ASL) for multi-label classification.
 
     With :math:`p = \sigma(x)` and the shifted probability :math:`p_m = \max(p - m, 0)`:
@@ -517,12 +518,12 @@ class AsymmetricLoss(Loss):
         gamma_pos: :math:`\gamma_+ \ge 0`; 0 (paper; timm and some code use 1).
         gamma_neg: :math:`\gamma_- \ge 0`; 4 (paper).
         clip: probability margin :math:`m \in [0, 1)`; 0.05 (paper).
-        ignore_index: target elements equal to it are skipped.
+        ignore_index: target elements equal to it are skipped; None (the default) skips nothing.
 
     Shape: input (N, K) or (N, K, *d); target of the same shape with values in [0, 1].
     """
 
-    target_kind = "multilabel"
+    fold = "sum"
 
     def __init__(
         self,
@@ -530,37 +531,37 @@ class AsymmetricLoss(Loss):
         gamma_neg: float = 4.0,
         clip: float = 0.05,
         *,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(
+            ignore_index=ignore_index, reduction=reduction, validate_args=validate_args
+        )
         self.gamma_pos = check_positive(gamma_pos, "gamma_pos", allow_zero=True)
         self.gamma_neg = check_positive(gamma_neg, "gamma_neg", allow_zero=True)
         self.clip = check_range(clip, "clip", 0.0, 1.0, closed="left")
-        self.ignore_index = ignore_index
 
-    def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
-        b = prepare_binary(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
-        )
+    def element_loss(self, b: Binary) -> Tensor:
         x, t = b.logits, b.target
+        log_q = F.logsigmoid(-x)  # log(1 - p)
         pos = -F.logsigmoid(x)
         if self.gamma_pos > 0:
-            pos = torch.exp(self.gamma_pos * F.logsigmoid(-x)) * pos
+            pos = torch.exp(self.gamma_pos * log_q) * pos
         if self.clip > 0:
-            log_m = torch.full_like(x, math.log(self.clip))
-            log_one_minus_pm = torch.logaddexp(F.logsigmoid(-x), log_m).clamp(max=0.0)
+            log_m = x.new_tensor(math.log(self.clip))
+            log_one_minus_pm = torch.logaddexp(log_q, log_m).clamp(max=0.0)
             shifted = torch.sigmoid(x) - self.clip
-            above = shifted > 0
-            # where() on both sides keeps the power's gradient finite where p_m = 0.
-            focus = torch.where(above, torch.where(above, shifted, 1.0) ** self.gamma_neg, 0.0)
+            if self.gamma_neg >= 1:  # the power's gradient is finite (0 or 1) at p_m = 0
+                focus = shifted.clamp_min(0.0) ** self.gamma_neg
+            else:  # where() on both sides keeps the gradient finite where p_m = 0
+                above = shifted > 0
+                focus = torch.where(above, torch.where(above, shifted, 1.0) ** self.gamma_neg, 0.0)
         else:
-            log_one_minus_pm = F.logsigmoid(-x)
+            log_one_minus_pm = log_q
             focus = torch.exp(self.gamma_neg * F.logsigmoid(x))
         neg = -focus * log_one_minus_pm
-        loss = t * pos + (1 - t) * neg
-        return per_sample_reduce(loss, b.valid, x.shape[0], how="sum")
+        return neg + t * (pos - neg)  # t * pos + (1 - t) * neg
 
     def extra_repr(self) -> str:
         return (
@@ -637,11 +638,11 @@ class DistributionBalancedLoss(_CountsDerived):
         alpha: float = 0.1,
         beta: float = 10.0,
         mu: float = 0.3,
-        ignore_index: int = -100,
+        ignore_index: int | None = None,
         reduction: str = "mean",
-        check_finite: bool = False,
+        validate_args: bool = False,
     ) -> None:
-        super().__init__(reduction=reduction, check_finite=check_finite)
+        super().__init__(reduction=reduction, validate_args=validate_args)
         self.num_samples = (
             None if num_samples is None else check_positive(num_samples, "num_samples")
         )
@@ -675,7 +676,7 @@ class DistributionBalancedLoss(_CountsDerived):
                 f"loss; got shape {tuple(input.shape)}."
             )
         b = prepare_binary(
-            input, target, ignore_index=self.ignore_index, check_nan=self.check_finite
+            input, target, ignore_index=self.ignore_index, validate_args=self.validate_args
         )
         x, t = b.logits, b.target
         self.require_counts(x.shape[1])

@@ -282,7 +282,7 @@ class LossMixin:
     def _main_term(self, criterion: Any, outputs: Any, target: Any, batch: Any) -> PerSample | None:
         if isinstance(criterion, Loss):
             self._give_class_counts(criterion)
-            return criterion.per_sample(outputs, target, **self._call_context(criterion, batch))
+            return criterion.sample_losses(outputs, target, **self._call_context(criterion, batch))
         if isinstance(criterion, nn.Module) and hasattr(criterion, "reduction"):
             adapters = self.__dict__.setdefault("_torch_loss_adapters", {})
             key = id(criterion)

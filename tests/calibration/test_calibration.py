@@ -132,11 +132,11 @@ def test_matches_naive_loop_with_ignore(kind, base):
     y[[3, 17, 29]] = -100
     beta = 0.7
     gamma = 2.0 if base == "focal" else None
-    loss = build_loss(kind, beta=beta, base=base, gamma=gamma, reduction="none")
+    loss = build_loss(kind, beta=beta, base=base, gamma=gamma, reduction="none", ignore_index=-100)
     got = loss(z, y)
     ref = naive_batch_penalty_loss(z, y, kind=kind, beta=beta, gamma=gamma)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
-    mean = build_loss(kind, beta=beta, base=base, gamma=gamma)(z, y)
+    mean = build_loss(kind, beta=beta, base=base, gamma=gamma, ignore_index=-100)(z, y)
     torch.testing.assert_close(mean, ref.sum() / 37, rtol=1e-10, atol=1e-12)
 
 
@@ -160,7 +160,7 @@ def test_dense_input_uses_all_valid_elements(kind):
     z = torch.randn(3, 4, 5, 2, generator=g, dtype=torch.float64) * 2
     y = torch.randint(0, 4, (3, 5, 2), generator=g)
     y[0, 1, 1] = y[2, 0, 0] = -100
-    got = build_loss(kind, beta=1.5, reduction="none")(z, y)
+    got = build_loss(kind, beta=1.5, reduction="none", ignore_index=-100)(z, y)
     rows = z.movedim(1, -1).reshape(-1, 4)
     flat = y.reshape(-1)
     elem = naive_batch_penalty_loss(rows, flat, kind=kind, beta=1.5).reshape(3, 10)
@@ -209,7 +209,7 @@ def test_mdca_gradcheck():
 def test_all_ignored_gives_zero_and_finite_gradient():
     z = torch.randn(4, 3, requires_grad=True)
     y = torch.full((4,), -100)
-    loss = MDCALoss()(z, y)
+    loss = MDCALoss(ignore_index=-100)(z, y)
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(z.grad).all()

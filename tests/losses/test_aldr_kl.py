@@ -188,7 +188,7 @@ def test_ignored_samples_keep_their_lambda_and_class_weight_scales():
     index = torch.arange(5)
     y_ign = y.clone()
     y_ign[1] = -100
-    loss = ALDRKLLoss(num_samples=5, lam=1.0, reduction="none").double()
+    loss = ALDRKLLoss(num_samples=5, lam=1.0, reduction="none", ignore_index=-100).double()
     out = loss(x, y_ign, index=index)
     assert out[1] == 0 and loss.lambdas[1] == 1.0
     assert (loss.lambdas[[0, 2, 3, 4]] < 1.0).all()

@@ -292,7 +292,7 @@ def test_pixel_wise_kd_is_the_mean_over_valid_pixels():
     y = torch.randint(0, 4, (2, 3, 5), generator=g)
     y[0, 1, :3] = -100
     y[1, 2, 4] = -100
-    out = KDLoss(temperature=2.0, reduction="none")(s, y, teacher_logits=t)
+    out = KDLoss(temperature=2.0, reduction="none", ignore_index=-100)(s, y, teacher_logits=t)
     ref = []
     for i in range(2):
         vals = [
@@ -371,7 +371,7 @@ def test_dist_matches_naive_and_official_style(beta, gamma, temp):
 def test_dist_ignored_samples_leave_the_batch_terms():
     x, y, ctx = make_case("dist", n=7, seed=7)
     y[2] = -100
-    out = DISTLoss(reduction="none")(x, y, **ctx)
+    out = DISTLoss(reduction="none", ignore_index=-100)(x, y, **ctx)
     keep = [0, 1, 3, 4, 5, 6]
     ref = DISTLoss(reduction="none")(x[keep], y[keep], teacher_logits=ctx["teacher_logits"][keep])
     assert out[2] == 0
@@ -602,11 +602,11 @@ def test_nan_in_input_or_teacher_is_caught_when_asked(name):
     bad_teacher = ctx[key].detach().clone()
     bad_teacher.view(-1)[3] = float("nan")
     with pytest.raises(ValueError, match=rf"{key}.*NaN"):
-        build_loss(name, check_finite=True)(x, y, **{**ctx, key: bad_teacher})
+        build_loss(name, validate_args=True)(x, y, **{**ctx, key: bad_teacher})
     bad_input = x.detach().clone()
     bad_input.view(-1)[1] = float("nan")
     with pytest.raises(ValueError, match=r"input.*NaN"):
-        build_loss(name, check_finite=True)(bad_input, y, **ctx)
+        build_loss(name, validate_args=True)(bad_input, y, **ctx)
 
 
 @pytest.mark.parametrize("name", NAMES)

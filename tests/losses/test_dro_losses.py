@@ -99,7 +99,7 @@ def test_defaults_and_finite_at_saturated_logits():
 
 def test_ignore_index_and_class_weight():
     x, y = make_inputs(n=6, seed=9)
-    loss = LDRKLLoss(reduction="none")
+    loss = LDRKLLoss(reduction="none", ignore_index=IGNORE)
     full = loss(x, y)
     y_ign = y.clone()
     y_ign[2] = IGNORE
@@ -107,7 +107,7 @@ def test_ignore_index_and_class_weight():
     assert out[2] == 0
     keep = [0, 1, 3, 4, 5]
     torch.testing.assert_close(out[keep], full[keep])
-    mean = LDRKLLoss()(x, y_ign)
+    mean = LDRKLLoss(ignore_index=IGNORE)(x, y_ign)
     torch.testing.assert_close(mean, full[keep].mean())
     w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
     weighted = LDRKLLoss(weight=w, reduction="none")(x, y)
