@@ -57,7 +57,10 @@ class InfoBatch(TrainSamplerOwner):
     **Scores** are the detached per-sample totals of the loss pipeline (every term, before the
     sample weights), recorded in a :class:`~lightning_losses.weighting.ScoreStore` (available
     as :attr:`store`) after every step; under DDP every rank's ``(index, loss)`` pairs are
-    all-gathered first, so all ranks hold the same table and plan the same epoch.
+    all-gathered first, so all ranks hold the same table and plan the same epoch. The store and
+    the epoch's weights live on the module's device (moved there when training starts), so a
+    step reads nothing back to the host; the plan is made on the CPU at each epoch start, from
+    a host copy of the scores.
 
     **Randomness.** The kept subset and the epoch order come from a generator seeded by
     ``(seed, epoch)`` (:func:`~lightning_losses.weighting.epoch_generator`): the same on every
@@ -78,10 +81,13 @@ class InfoBatch(TrainSamplerOwner):
     of per-sample forward and backward passes saved) and ``train/infobatch/candidates``;
     :attr:`history` keeps them per epoch for reports and benchmarks.
 
-    **Cost.** Per step: an index gather of the weights and one all-gather of the batch's
-    indices and losses under DDP. Per epoch: a mean, a ``randperm`` of the candidates and one of
-    the kept samples, over :math:`N` scores on the CPU. Memory: 4 per-sample buffers of the
-    store plus the plan (:math:`N` weights and the order). Saving: a pruning epoch trains
+    **Cost.** Per step: a copy of the batch's indices to the device (non-blocking), an index
+    gather of the weights, the store's update (a sort of the batch's indices and O(batch)
+    scatters) and, under DDP, one all-gather of the batch's indices and losses. Per epoch: one
+    copy of the :math:`N` scores to the host, a mean, a ``randperm`` of the candidates and one of
+    the kept samples, on the CPU, and one copy of the :math:`N` weights to the device. Memory:
+    4 per-sample buffers of the store and the :math:`N` weights on the device, the order on the
+    host. Saving: a pruning epoch trains
     :math:`N - |E| + m` samples, about :math:`N(1 - r\,|E|/N)`; with :math:`r = 0.5` and half
     the samples below the mean, a quarter of each pruning epoch, and over the whole run about
     :math:`\delta` times that (epoch 0 and the annealing epochs prune nothing).
@@ -146,10 +152,9 @@ class InfoBatch(TrainSamplerOwner):
         assert self.store is not None
         generator = epoch_generator(self.seed, epoch)
         active = infobatch_active(epoch, self.total_epochs(trainer), self.delta)
-        plan = infobatch_plan(
-            self.store.last_loss, self.prune_ratio, generator=generator, prune=active
-        )
-        self.weights = plan.weights
+        scores = self.store.last_loss.cpu()  # the epoch boundary: the plan is made on the host
+        plan = infobatch_plan(scores, self.prune_ratio, generator=generator, prune=active)
+        self.weights = plan.weights.to(self.store.last_loss.device)
         n = plan.weights.shape[0]
         self.history.append(
             {
@@ -181,6 +186,21 @@ class InfoBatch(TrainSamplerOwner):
             )
         self.total_epochs(trainer)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._place(pl_module.device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._place(pl_module.device)
+
+    def _place(self, device: torch.device) -> None:
+        """Move the store and the epoch's weights to the device the losses are computed on."""
+        if self.store is not None:
+            self.store.to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.store is not None:  # own copies: spawned workers share CPU tensors' memory
@@ -200,9 +220,9 @@ class InfoBatch(TrainSamplerOwner):
         state["store"] = (
             None
             if self.store is None
-            else {k: v.clone() for k, v in self.store.state_dict().items()}
+            else {k: v.to("cpu", copy=True) for k, v in self.store.state_dict().items()}
         )
-        state["weights"] = None if self.weights is None else self.weights.clone()
+        state["weights"] = None if self.weights is None else self.weights.to("cpu", copy=True)
         state["history"] = [dict(h) for h in self.history]
         state["config"] = {"prune_ratio": self.prune_ratio, "delta": self.delta, "seed": self.seed}
         return state
@@ -219,10 +239,13 @@ class InfoBatch(TrainSamplerOwner):
     @torch.no_grad()
     def sample_weights(self, pl_module: Any, batch: Any, losses: Tensor) -> Tensor:
         """The plan's weight of each sample of the batch (and keep the losses as scores)."""
-        indices = self._indices(losses.shape[0])
-        self._pending = (indices, losses.detach())
         assert self.weights is not None
-        return self.weights[indices].to(losses.device, losses.dtype)
+        if self.weights.device != losses.device:  # called outside fit: follow the losses
+            self._place(losses.device)
+        # the sampler's indices are host memory: a copy to the device, not a read back
+        indices = self._indices(losses.shape[0]).to(losses.device, non_blocking=True)
+        self._pending = (indices, losses.detach())
+        return self.weights[indices].to(losses.dtype)
 
     @torch.no_grad()
     def observe_losses(
@@ -233,9 +256,9 @@ class InfoBatch(TrainSamplerOwner):
             return
         indices, totals = self._pending
         self._pending = None
-        indices, totals = gather_updates(indices.to(totals.device), totals)
+        indices, totals = gather_updates(indices, totals)
         assert self.store is not None
-        self.store.update(indices.cpu(), totals.cpu(), epoch=pl_module.trainer.current_epoch)
+        self.store.update(indices, totals, epoch=pl_module.trainer.current_epoch)
 
     def _indices(self, n: int) -> Tensor:
         if self.batch_indices is None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._checks import check_finite, check_int, check_number, check_tensor
+from .._checks import check_finite, check_int, check_number, check_on_device, check_tensor
 
 __all__ = ["ScoreStore", "gather_updates"]
 
@@ -105,35 +105,47 @@ class ScoreStore(nn.Module):
             epoch: the current epoch, a non-negative int.
 
         An empty update (n = 0) changes nothing. Inputs may live on any device; they are moved
-        to the store's device.
+        to the store's device. With the inputs on the store's device the update reads nothing
+        back to the host (the range and finiteness checks run on the device, see
+        :func:`~lightning_losses._checks.check_on_device`), so keep the store where the losses
+        are computed. Cost: a sort of the n indices and O(n) gathers and scatters.
         """
         indices, losses = _check_update(indices, losses)
         check_int(epoch, "epoch", 0)
-        if indices.numel() == 0:
+        n = indices.numel()
+        if n == 0:
             return
-        if int(indices.min()) < 0 or int(indices.max()) >= self.num_samples:
-            bad = indices[(indices < 0) | (indices >= self.num_samples)]
-            raise ValueError(
-                f"`indices` must lie in [0, {self.num_samples}) for a store of {self.num_samples} "
-                f"samples; got {bad[:5].tolist()}{' ...' if bad.numel() > 5 else ''}."
-            )
+        size = self.num_samples
+        check_on_device(
+            ((indices >= 0) & (indices < size)).all(),
+            f"`indices` must lie in [0, {size}) for a store of {size} samples; got an index "
+            "out of range.",
+            lambda: _out_of_range(indices, size),
+        )
         device = self.last_loss.device
         indices = indices.to(device)
         losses = losses.to(device)
 
         # One observation per distinct index: the mean of its duplicates (order-free, in fp64).
-        unique, inverse = torch.unique(indices, return_inverse=True)
-        sums = torch.zeros(unique.shape[0], dtype=torch.float64, device=device)
-        sums.index_add_(0, inverse, losses.double())
-        counts = torch.bincount(inverse, minlength=unique.shape[0])
-        loss = (sums / counts).to(self.last_loss.dtype)
+        # Duplicates sit next to each other once sorted; each run of equal indices is a segment
+        # (at most n of them), and every member of a segment writes the same values below.
+        order = torch.argsort(indices, stable=True)
+        index = indices[order]
+        starts = torch.ones(n, dtype=torch.bool, device=device)
+        starts[1:] = index[1:] != index[:-1]
+        segment = torch.cumsum(starts, 0) - 1
+        sums = torch.zeros(n, dtype=torch.float64, device=device)
+        sums.index_add_(0, segment, losses[order].double())
+        counts = torch.zeros(n, dtype=torch.float64, device=device)
+        counts.index_add_(0, segment, torch.ones(n, dtype=torch.float64, device=device))
+        loss = (sums / counts.clamp_min(1))[segment].to(self.last_loss.dtype)
 
-        first = self.visits[unique] == 0
-        smoothed = self.momentum * self.ema[unique] + (1 - self.momentum) * loss
-        self.ema[unique] = torch.where(first, loss, smoothed)
-        self.last_loss[unique] = loss
-        self.visits[unique] += 1
-        self.last_epoch[unique] = epoch
+        visits = self.visits[index]
+        smoothed = self.momentum * self.ema[index] + (1 - self.momentum) * loss
+        self.ema[index] = torch.where(visits == 0, loss, smoothed)
+        self.last_loss[index] = loss
+        self.visits[index] = visits + 1
+        self.last_epoch[index] = epoch
 
     def seen_mask(self) -> Tensor:
         """Boolean (num_samples,): which samples at least one update has observed."""
@@ -183,6 +195,16 @@ def _check_update(indices: Any, losses: Any) -> tuple[Tensor, Tensor]:
     losses = losses.detach()
     check_finite(losses, "losses")
     return indices.detach().long(), losses
+
+
+def _out_of_range(indices: Tensor, size: int) -> str:
+    """The error message for indices outside ``[0, size)`` (reads them: the error path)."""
+    bad = indices[(indices < 0) | (indices >= size)]
+    more = " ..." if bad.numel() > 5 else ""
+    return (
+        f"`indices` must lie in [0, {size}) for a store of {size} samples; got "
+        f"{bad[:5].tolist()}{more}."
+    )
 
 
 @torch.no_grad()
