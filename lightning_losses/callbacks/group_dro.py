@@ -18,10 +18,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .._checks import check_positive, check_range
+from .._checks import check_on_device, check_positive, check_range
 from ..mixins import LossMixin
 from ..weighting.dro import group_dro_update
 from ._batch_ids import batch_ids
+from ._epoch_means import EpochMeans
 
 #: dtype of the state (``q``, EMA of group losses) and of the group statistics.
 _STATE = torch.float64
@@ -80,24 +81,25 @@ class GroupDRO(L.Callback):
     mean over ranks is the robust loss.
 
     **State.** ``q`` (float64, so that many multiplicative steps keep full precision; the
-    update renormalises every step), the EMA of each group's batch loss, the number of batches
-    in which each group was present and the number of samples seen per group. All live on the
-    CPU; per step, the group statistics travel to the CPU and the per-group factors
-    :math:`q_g N / n_g` back to the losses' device. The state is in :meth:`state_dict`, so a run
-    resumed with ``Trainer.fit(..., ckpt_path=...)`` continues with the same :math:`q` and
-    reproduces an uninterrupted run. :math:`q` is a step per ``training_step`` call (per
-    micro-batch under gradient accumulation), as in the reference.
+    update renormalises every step; float32 on MPS, which has no float64), the EMA of each
+    group's batch loss, the number of batches in which each group was present and the number
+    of samples seen per group. They live on the device of the losses (moved there when training
+    starts, or at the first call on another device), so a step reads nothing back to the host:
+    the group ids are checked on the device (:func:`~lightning_losses._checks.check_on_device`)
+    and the update is tensor arithmetic. :meth:`state_dict` holds CPU copies, so a run resumed
+    with ``Trainer.fit(..., ckpt_path=...)`` continues with the same :math:`q` and reproduces an
+    uninterrupted run. :math:`q` is a step per ``training_step`` call (per micro-batch under
+    gradient accumulation), as in the reference.
 
-    **Logging.** ``train/group_dro/q_{g}`` and ``train/group_dro/loss_{g}`` (the EMA, once the
-    group has been seen) through ``pl_module.log`` with ``on_step=False, on_epoch=True``: the
-    epoch curves are means over the epoch's steps. They are equal on every rank; they are logged
-    with ``sync_dist=True`` all the same (one all-reduce per key at the end of the epoch, not per
-    step), which keeps the epoch value exact and Lightning's distributed-logging warning quiet.
+    **Logging.** ``train/group_dro/q_{g}`` and ``train/group_dro/loss_{g}`` (the EMA, over the
+    steps since the group was first seen): means over the epoch's steps, weighted by the batch
+    size, logged at the end of the epoch (``on_epoch=True``). The sums are kept on the device
+    per step and read once per epoch (see :mod:`~lightning_losses.callbacks._epoch_means`); a
+    group not seen yet has no ``loss_{g}``. The values are the same on every rank.
 
-    **Cost.** Per step: an ``index_add`` and a ``bincount`` over the batch, one all-reduce of
-    :math:`2G` numbers under DDP, one device-to-host copy of those :math:`2G` numbers (a
-    synchronisation point, needed because the group ids and losses are validated and the
-    update reads them), and O(G) work on the CPU. No extra forward or backward pass.
+    **Cost.** Per step: two ``index_add`` over the batch, one all-reduce of :math:`2G` numbers
+    under DDP and O(G) work on the device; no host synchronisation and no extra forward or
+    backward pass. Per epoch: one read of :math:`4G + 2` numbers for the logs.
 
     **Defaults.**
 
@@ -170,6 +172,7 @@ class GroupDRO(L.Callback):
         self.ema_loss = torch.zeros(g, dtype=_STATE)
         self.batches_seen = torch.zeros(g, dtype=torch.int64)
         self.samples_seen = torch.zeros(g, dtype=torch.int64)
+        self._means = EpochMeans()
 
     def _check_sizes(self, sizes: Sequence[int] | Tensor) -> Tensor:
         t = torch.as_tensor(sizes, dtype=_STATE).detach().cpu()
@@ -195,6 +198,27 @@ class GroupDRO(L.Callback):
         self.q, self.ema_loss = self.q.clone(), self.ema_loss.clone()
         self.batches_seen, self.samples_seen = self.batches_seen.clone(), self.samples_seen.clone()
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._place(pl_module.device)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._means.reset()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._means.log(pl_module)
+        self._means.reset()
+
+    def _place(self, device: torch.device) -> None:
+        """Move the state to ``device`` (float32 on MPS, which has no float64)."""
+        device = torch.device(device)
+        dtype = torch.float32 if device.type == "mps" else _STATE
+        self.q = self.q.to(device, dtype)
+        self.ema_loss = self.ema_loss.to(device, dtype)
+        self.batches_seen = self.batches_seen.to(device)
+        self.samples_seen = self.samples_seen.to(device)
+        if self.group_sizes is not None:
+            self.group_sizes = self.group_sizes.to(device, dtype)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, LossMixin):
             raise TypeError(
@@ -206,10 +230,10 @@ class GroupDRO(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "num_groups": self.num_groups,
-            "q": self.q.clone(),
-            "ema_loss": self.ema_loss.clone(),
-            "batches_seen": self.batches_seen.clone(),
-            "samples_seen": self.samples_seen.clone(),
+            "q": self.q.to("cpu", _STATE, copy=True),
+            "ema_loss": self.ema_loss.to("cpu", _STATE, copy=True),
+            "batches_seen": self.batches_seen.to("cpu", copy=True),
+            "samples_seen": self.samples_seen.to("cpu", copy=True),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -229,8 +253,10 @@ class GroupDRO(L.Callback):
     @torch.no_grad()
     def sample_weights(self, pl_module: Any, batch: Any, losses: Tensor) -> Tensor:
         """Step ``q`` on this step's global group losses; return ``q_g N / n_g`` per sample."""
+        if self.q.device != losses.device:  # called outside fit, or on another device
+            self._place(losses.device)
         groups = self.group_ids(batch, losses.shape[0], losses.device)
-        stats = self._global_group_stats(groups, losses)  # (2, G) on the CPU: sums, counts
+        stats = self._global_group_stats(groups, losses)  # (2, G) with q: sums, counts
         sums, counts = stats[0], stats[1]
         present = counts > 0
         means = torch.where(present, sums / counts.clamp_min(1), 0.0)
@@ -253,8 +279,8 @@ class GroupDRO(L.Callback):
 
         total = counts.sum()
         factor = torch.where(present, self.q * total / counts.clamp_min(1), 0.0)
-        weights = factor.to(losses.device, losses.dtype)[groups]
-        self._log(pl_module, int(losses.shape[0]))
+        weights = factor.to(losses.dtype)[groups]
+        self._observe(int(losses.shape[0]))
         return weights
 
     # -- pieces -------------------------------------------------------------------------------
@@ -272,45 +298,31 @@ class GroupDRO(L.Callback):
         )
         where = f"`group_key`={self.group_key!r}"
         bad = (ids < 0) | (ids >= self.num_groups)
-        if bool(bad.any()):
-            raise ValueError(
-                f"group ids at {where} must lie in [0, {self.num_groups}) (num_groups="
-                f"{self.num_groups}); got {sorted(set(ids[bad].tolist()))}."
-            )
+        g = self.num_groups
+        expected = f"group ids at {where} must lie in [0, {g}) (num_groups={g})"
+        check_on_device(
+            ~bad.any(),
+            f"{expected}; got an id out of range.",
+            lambda: f"{expected}; got {sorted(set(ids[bad].tolist()))}.",
+        )
         return ids
 
     def _global_group_stats(self, groups: Tensor, losses: Tensor) -> Tensor:
-        """Per-group loss sums and counts, summed over ranks under DDP; (2, G), CPU, float64."""
-        device = losses.device
-        dtype = torch.float32 if device.type == "mps" else _STATE  # MPS has no float64
-        stats = torch.zeros(2, self.num_groups, dtype=dtype, device=device)
+        """Per-group loss sums and counts, summed over ranks under DDP; (2, G), ``q``'s dtype."""
+        dtype = self.q.dtype
+        stats = torch.zeros(2, self.num_groups, dtype=dtype, device=losses.device)
         stats[0].index_add_(0, groups, losses.detach().to(dtype))
-        stats[1] = torch.bincount(groups, minlength=self.num_groups).to(dtype)
+        stats[1].index_add_(0, groups, torch.ones_like(groups, dtype=dtype))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-        return stats.to("cpu", _STATE)
+        return stats
 
-    def _log(self, pl_module: Any, batch_size: int) -> None:
-        if getattr(pl_module, "_trainer", None) is None or not hasattr(pl_module, "log"):
-            return
-        for g in range(self.num_groups):
-            pl_module.log(
-                f"train/group_dro/q_{g}",
-                float(self.q[g]),
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=True,
-            )
-            if self.batches_seen[g] > 0:
-                pl_module.log(
-                    f"train/group_dro/loss_{g}",
-                    float(self.ema_loss[g]),
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=batch_size,
-                    sync_dist=True,
-                )
+    def _observe(self, batch_size: int) -> None:
+        """Add this step's ``q`` and EMA to the epoch means (logged at the epoch's end)."""
+        groups = range(self.num_groups)
+        seen = (self.batches_seen > 0).to(self.q.dtype) * batch_size
+        self._means.add([f"train/group_dro/q_{g}" for g in groups], self.q, batch_size)
+        self._means.add([f"train/group_dro/loss_{g}" for g in groups], self.ema_loss, seen)
 
 
 __all__ = ["GroupDRO"]

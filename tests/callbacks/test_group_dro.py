@@ -164,6 +164,36 @@ def test_training_moves_q_towards_the_group_with_the_higher_loss(layout):
     assert metrics["train/group_dro/q_1"] > metrics["train/group_dro/q_0"]
 
 
+def test_logged_means_weigh_steps_by_batch_size_and_wait_for_each_group():
+    """Batches of 8, 8 and 4; group 2 appears in the last batch only, group 3 never."""
+    data = DictData(n=20)
+    groups = torch.tensor([0, 1] * 8 + [2, 2, 0, 1])
+    loader = DataLoader(TensorDataset(data.x, data.y, groups), batch_size=8)
+    steps = []
+
+    class Record(L.Callback):
+        def observe_losses(self, pl_module, batch, losses, sample_weight):
+            steps.append((len(batch[0]), cb.q.clone(), cb.ema_loss.clone(), cb.batches_seen > 0))
+
+    cb = GroupDRO(num_groups=4, step_size=0.5, group_key=2)
+    trainer = _trainer(max_epochs=1, callbacks=[cb, Record()])
+    trainer.fit(GroupModel(), loader)
+    n = torch.tensor([s[0] for s in steps], dtype=torch.float64)
+    q = torch.stack([s[1] for s in steps])
+    ema, seen = torch.stack([s[2] for s in steps]), torch.stack([s[3] for s in steps])
+    metrics = trainer.callback_metrics
+    assert n.tolist() == [8, 8, 4]
+    for g in range(4):
+        expected_q = (n[:, None] * q).sum(0)[g] / n.sum()
+        assert float(metrics[f"train/group_dro/q_{g}"]) == pytest.approx(float(expected_q))
+    for g in range(3):
+        w = n * seen[:, g]
+        expected = (w * ema[:, g]).sum() / w.sum()
+        assert float(metrics[f"train/group_dro/loss_{g}"]) == pytest.approx(float(expected))
+    assert float(metrics["train/group_dro/loss_2"]) == pytest.approx(float(ema[2, 2]))
+    assert "train/group_dro/loss_3" not in metrics
+
+
 # ----------------------------------------------------------------------------- 3. resume
 
 
