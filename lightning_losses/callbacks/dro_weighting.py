@@ -121,9 +121,12 @@ class DROWeighting(L.Callback):
     global batch counts, which is one reason to compute :math:`p` globally.
 
     **Cost.** Per step one oracle call on :math:`N` losses (a sort, or 100 bisection passes of
-    O(N) for the dual solvers; PAV on the host for a spectral oracle with ``shift_cost > 0``)
-    and, under DDP, one all-gather of the :math:`N_r` losses plus one of the batch size. One
-    device-to-host read of two scalars for logging. No extra forward or backward pass.
+    O(N) for the dual solvers; an O(N²) isotonic fit for a spectral oracle with
+    ``shift_cost > 0``, vectorised on the device) and, under DDP, one all-gather of the
+    :math:`N_r` losses plus one of the batch size. No extra forward or backward pass. Without
+    DDP a step reads nothing back to the host (the oracles and the logged statistics stay on the
+    device); under DDP the ranks' batch sizes are read to check that they are equal before the
+    losses are gathered (``R`` integers per step: a gather of unequal sizes would fail or hang).
 
     **State.** None apart from the configuration: :meth:`state_dict` is empty, and resuming a
     run needs nothing from the callback. (There are no state tensors that ``ddp_spawn`` could
@@ -218,7 +221,7 @@ class DROWeighting(L.Callback):
         if getattr(pl_module, "_trainer", None) is None or not hasattr(pl_module, "log"):
             return
         p64 = p.detach().to(torch.float64)
-        stats = torch.stack([p64.max() * p64.numel(), 1.0 / p64.square().sum()]).tolist()
+        stats = (p64.max() * p64.numel(), 1.0 / p64.square().sum())  # tensors: nothing read
         for name, value in zip(("max_weight", "effective_sample_size"), stats, strict=True):
             pl_module.log(
                 f"train/dro/{name}",
