@@ -20,6 +20,7 @@ from ..mixins import LossMixin
 from ..weighting.pld import (
     DEFAULT_TEMPERATURE,
     DEFAULT_WARMUP_EPOCHS,
+    _pools,
     pld_draws,
     pld_probabilities,
     pld_select,
@@ -66,10 +67,12 @@ class PLD(L.Callback):
     contributions. Against the reference (a no-grad forward over :math:`N` plus a full step on
     :math:`N/k`) this costs the backward of :math:`N` instead of :math:`N/k` rows and saves
     the second forward; for embedding models such as MF the difference is small, for a large
-    network per candidate it is up to :math:`k` times the backward. On top: one ``unique``,
-    two stable sorts and :math:`O(N)` work per step, :math:`N` hashed uniform variates, and a
-    few device-to-host reads (the losses are checked to be finite, the pools to hold
-    ``num_selected`` members). No extra forward pass.
+    network per candidate it is up to :math:`k` times the backward. On top: a few stable sorts
+    and :math:`O(N)` work per step and :math:`N` hashed uniform variates, all on the device:
+    nothing is read back to the host (the pools are grouped with :math:`N` slots rather than
+    ``unique``, whose output size depends on the data, and the checks that the losses are
+    finite and every pool holds ``num_selected`` members run on the device). No extra forward
+    pass.
 
     **Randomness and state.** Each candidate's variate hashes ``(seed, epoch, batch index in
     the epoch, call, pool id, position in the pool)``
@@ -110,6 +113,9 @@ class PLD(L.Callback):
     candidates: the plain objective) and ``train/pld/effective_candidates`` (mean over pools of
     :math:`1/\sum_{i \in P} p_i^2` under the softmax, also during warm-up so that τ can be
     checked before selection starts: :math:`|P|` means no preference, 1 a single candidate).
+    They are logged as tensors, and the epoch value weights each step by its number of
+    candidates :math:`N` (a number the host knows; the number of pools is in the data), which
+    for pools of one size is the mean over the epoch's pools.
 
     The identity above needs the criterion's ``"mean"`` reduction; a fully ignored sample
     counts in :math:`N` with loss 0.
@@ -210,16 +216,22 @@ class PLD(L.Callback):
         )
 
     def _log(self, pl_module: Any, losses: Tensor, pools: Tensor, weights: Tensor) -> None:
-        if losses.numel() == 0:
+        n = losses.numel()
+        if n == 0:
             return
         ell = losses.detach().float()
         drawn = weights > 0
-        concentration = _pool_sum(pld_probabilities(ell, pools, self.temperature).square(), pools)
-        num_pools = concentration.numel()
+        p = pld_probabilities(ell, pools, self.temperature)
+        # the sum of p^2 over each pool, in one slot per pool (pools hold p summing to 1, so
+        # a used slot is > 0 and the slots of no pool stay 0)
+        slots = _pools(pools, n, p.device).inverse
+        concentration = torch.zeros_like(p).index_add(0, slots, p.square())
+        used = concentration > 0
+        effective = torch.where(used, 1.0 / concentration, 0.0)
         values = {
-            "selected_loss": ell[drawn].mean(),
+            "selected_loss": torch.where(drawn, ell, 0.0).sum() / drawn.sum(),
             "mean_pool_loss": ell.mean(),
-            "effective_candidates": (1.0 / concentration).mean().float(),
+            "effective_candidates": (effective.sum() / used.sum()).float(),
         }
         for name, value in values.items():
             pl_module.log(
@@ -227,16 +239,9 @@ class PLD(L.Callback):
                 value,
                 on_step=False,
                 on_epoch=True,
-                batch_size=num_pools,
+                batch_size=n,
                 sync_dist=True,
             )
-
-
-def _pool_sum(values: Tensor, pools: Tensor) -> Tensor:
-    """Sum of ``values`` over each pool, one entry per pool."""
-    ids, inverse = torch.unique(pools, return_inverse=True)
-    total = torch.zeros(ids.numel(), dtype=values.dtype, device=values.device)
-    return total.index_add(0, inverse, values)
 
 
 __all__ = ["PLD"]

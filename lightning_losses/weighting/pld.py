@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_finite, check_int, check_positive, check_tensor
+from .._checks import check_finite, check_int, check_on_device, check_positive, check_tensor
 from .infobatch import _MASK64, _splitmix64
 
 __all__ = [
@@ -67,8 +67,8 @@ DEFAULT_NUM_CANDIDATES = 5
 
 
 class _Pools(NamedTuple):
-    inverse: Tensor  # (N,) int64, contiguous pool index of every sample
-    counts: Tensor  # (P,) int64, pool sizes
+    inverse: Tensor  # (N,) int64, pool index of every sample, in ascending order of the pool ids
+    counts: Tensor  # (N,) int64, pool sizes; one slot per possible pool, the unused ones 0
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -94,7 +94,17 @@ def _pools(pools: object, n: int, device: torch.device) -> _Pools:
         raise ValueError(
             f"`pools` must have shape ({n},), one pool id per candidate; got {tuple(pools.shape)}."
         )
-    _, inverse, counts = torch.unique(pools.to(device), return_inverse=True, return_counts=True)
+    # What torch.unique(return_inverse, return_counts) gives, with n slots instead of one per
+    # distinct id: the number of pools depends on the data, and a GPU would read it back.
+    ids = pools.to(device)
+    order = torch.argsort(ids, stable=True)
+    sorted_ids = ids[order]
+    starts = torch.ones(n, dtype=torch.bool, device=device)
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    inverse = torch.empty(n, dtype=torch.int64, device=device)
+    inverse[order] = torch.cumsum(starts, 0) - 1
+    counts = torch.zeros(n, dtype=torch.int64, device=device)
+    counts.index_add_(0, inverse, torch.ones_like(inverse))
     return _Pools(inverse, counts)
 
 
@@ -198,16 +208,24 @@ def pld_select(
 
 
 def _check_pool_sizes(pools: Tensor, p: _Pools, s: int) -> None:
-    small = p.counts < s
-    if bool(small.any()):
-        ids = torch.unique(pools.to(p.counts.device))[small]
-        shown = ids[:5].tolist()
-        sizes = p.counts[small][:5].tolist()
-        more = f" and {int(small.sum()) - 5} more" if int(small.sum()) > 5 else ""
-        raise ValueError(
+    small = (p.counts > 0) & (p.counts < s)  # the slots of no pool count 0
+
+    def detail() -> str:  # the error path: reads the small pools' ids and sizes
+        ids = torch.unique(pools.to(p.counts.device))
+        bad = small[: ids.numel()]
+        shown, sizes = ids[bad][:5].tolist(), p.counts[small][:5].tolist()
+        more = f" and {int(bad.sum()) - 5} more" if int(bad.sum()) > 5 else ""
+        return (
             f"every pool must have at least `num_selected`={s} candidates; pools {shown}{more} "
             f"have sizes {sizes}. Build batches from whole pools of k >= {s} candidates."
         )
+
+    check_on_device(
+        ~small.any(),
+        f"every pool must have at least `num_selected`={s} candidates; a smaller pool was "
+        f"found. Build batches from whole pools of k >= {s} candidates.",
+        detail,
+    )
 
 
 def _check_draws(draws: object, n: int) -> Tensor:
@@ -218,8 +236,10 @@ def _check_draws(draws: object, n: int) -> Tensor:
             f"per candidate (see pld_draws); got shape {tuple(draws.shape)} and dtype "
             f"{draws.dtype}."
         )
-    if n and not bool(((draws > 0) & (draws < 1)).all()):
-        raise ValueError("`draws` must lie in the open interval (0, 1).")
+    if n:
+        check_on_device(
+            ((draws > 0) & (draws < 1)).all(), "`draws` must lie in the open interval (0, 1)."
+        )
     return draws
 
 
