@@ -18,8 +18,10 @@ callbacks never touch the closure. Lightning's order for one optimiser step is
    overflowed;
 4. ``on_before_optimizer_step`` (callbacks in order, then the module): **all of SAM happens
    here** on true (unscaled) gradients:
-   a. if a gradient is non-finite, nothing is done (under ``16-mixed`` the scaler has recorded
-      the overflow and skips the step, as without SAM);
+   a. if a gradient is non-finite, :math:`e = 0` (decided on the device, without reading the
+      gradients back to the host): the second pass then recomputes the gradient at :math:`w`,
+      so the step is a plain base-optimiser step, as without SAM (under ``16-mixed`` the scaler
+      has recorded the overflow and skips it);
    b. :math:`e` from the gradients, the weights saved and moved to :math:`w + e`;
    c. gradients cleared, then for every kept micro-batch ``strategy.training_step(batch,
       batch_idx)`` (so autocast and the DDP wrapper apply exactly as in Lightning's pass) and
@@ -77,8 +79,11 @@ that uses them, and ``interval`` is counted on ``trainer.global_step``, which ch
 A resumed run therefore continues exactly.
 
 **Cost.** One more forward and backward per optimiser step (about twice the compute; with
-``interval`` :math:`n`, a factor :math:`1 + 1/n`), a copy of the perturbed weights, one more
-all-reduce under DDP, and one host synchronisation per step (the finiteness check).
+``interval`` :math:`n`, a factor :math:`1 + 1/n`), a copy of the perturbed weights and one more
+all-reduce under DDP. No host synchronisation: the finiteness check of the gradients and, under
+``16-mixed``, the scale and the overflow flag stay on the device. An overflowed step (rare) still
+runs the second pass, at :math:`w`, where it used to be skipped; it also draws new dropout masks
+then.
 
 **Not supported.** Manual optimisation (use :func:`~lightning_losses.flatness.sam_perturbation`
 in your own loop), strategies that accumulate gradients themselves (DeepSpeed), optimisers that
@@ -193,17 +198,21 @@ class WeightPerturbation(L.Callback):
             return  # the closure skipped backward (training_step returned None)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         with_grad = [p for p in params if p.grad is not None]
-        if not with_grad or not _all_finite([p.grad for p in with_grad]):
-            return  # an overflow: GradScaler skips this step; SAM would not help otherwise
+        if not with_grad:
+            return
         names = {id(p): n for n, p in pl_module.named_parameters()}
         chosen = [p for p in with_grad if self.perturbs(names.get(id(p), ""), p)]
         with torch.no_grad():
+            # A non-finite gradient (an overflow) gives e = 0, decided on the device: the
+            # second pass then recomputes the gradient at w, a plain step (skipped by the
+            # GradScaler under 16-mixed). A branch on the check would read it back to the host.
+            finite = _all_finite([p.grad for p in with_grad])
             shifts = self.perturbation(
                 [names.get(id(p), "") for p in chosen], chosen, [p.grad for p in chosen]
             )
             saved = [p.detach().clone() for p in chosen]
             for p, shift in zip(chosen, shifts, strict=True):
-                p.add_(shift)
+                p.add_(torch.where(finite.to(shift.device), shift, 0.0))
         for p in params:
             p.grad = None
         try:
@@ -376,10 +385,10 @@ def _take_record(pl_module: Any) -> LossPipelineRecord | None:
     return pl_module.take_loss_record() if isinstance(pl_module, LossMixin) else None
 
 
-def _all_finite(tensors: Sequence[Tensor]) -> bool:
-    """One host synchronisation: are all entries of all tensors finite?"""
+def _all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """Whether all entries of all tensors are finite: a boolean 0-d tensor, not read back."""
     device = tensors[0].device
-    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
 
 
 def _loss_of(output: Any) -> Tensor | None:
@@ -414,19 +423,25 @@ def _unscale_second_pass(
     ``unscale_`` may run only once per step and Lightning has used it on the first gradients,
     so the division happens here and an overflow is written into the scaler's per-optimiser
     ``found_inf_per_device`` (private state of ``torch.amp.GradScaler``), which ``step`` reads
-    to skip and ``update`` reads to lower the scale.
+    to skip and ``update`` reads to lower the scale. Both stay on the device: the scale is the
+    scaler's tensor (``get_scale()`` would read it back to the host), and the flag becomes the
+    maximum of itself and this pass's overflow.
     """
     if not grads:
         return
-    inv_scale = 1.0 / scaler.get_scale()
+    scale = scaler._get_scale_async()  # GradScaler's own tensor; None before its first use
     with torch.no_grad():
+        if scale is None:
+            inv_scale: Tensor | float = 1.0 / scaler.get_scale()
+        else:  # as GradScaler.unscale_ forms it
+            inv_scale = scale.double().reciprocal().float()
         for g in grads:
-            g.mul_(inv_scale)
-    if not _all_finite(grads):
+            g.mul_(inv_scale if isinstance(inv_scale, float) else inv_scale.to(g.device))
+        overflow = (~_all_finite(grads)).float()
         for found_inf in scaler._per_optimizer_states[id(optimizer)][
             "found_inf_per_device"
         ].values():
-            found_inf.fill_(1.0)
+            found_inf.copy_(torch.maximum(found_inf, overflow.to(found_inf.device)))
 
 
 @contextlib.contextmanager
