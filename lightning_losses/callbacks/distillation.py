@@ -126,7 +126,10 @@ class Distillation(L.Callback):
     **Cache.** ``cache=True`` keeps the teacher's outputs (or features) per sample index, on the
     CPU, and skips the teacher forward for a batch whose samples are all cached: with fixed,
     deterministic inputs (no random augmentation) the teacher runs only in the first epoch
-    (:attr:`teacher_forwards` counts the batches it ran on). Indices come from
+    (:attr:`teacher_forwards` counts the batches it ran on). A cache in host memory reads the
+    batch's indices on the host at every step (a device synchronisation when they come from
+    the batch) and copies the teacher's outputs to the host on a miss; without ``cache`` a step
+    reads nothing back from the device. Indices come from
     ``batch[index_key]`` (a str key of a mapping batch or an int position of a tuple batch), or,
     when the batch has none, from the index channel of a sampler-owning callback listed
     **before** this one (InfoBatch). Memory: the number of training samples times the size of
@@ -421,18 +424,11 @@ class Distillation(L.Callback):
             self._current = self._run_teachers(trainer, x)
             return
         n = int(x.shape[0]) if isinstance(x, Tensor) and x.ndim else len(x)
-        indices = self._indices(trainer, batch, n)
-        if all(i in self._cache for i in indices):
-            device = pl_module.device
-            keys = self._cache[indices[0]].keys()
-            self._current = {
-                k: torch.stack([self._cache[i][k] for i in indices]).to(device) for k in keys
-            }
-            return
-        self._current = self._run_teachers(trainer, x)
-        stored = {k: v.detach().cpu() for k, v in self._current.items()}
-        for row, i in enumerate(indices):
-            self._cache[i] = {k: v[row] for k, v in stored.items()}
+        indices = self._host_indices(trainer, batch, n)
+        self._current = self._from_cache(indices, pl_module.device)
+        if self._current is None:
+            self._current = self._run_teachers(trainer, x)
+            self._store_in_cache(indices, self._current)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -612,7 +608,41 @@ class Distillation(L.Callback):
             )
         return batch[key]
 
-    def _indices(self, trainer: L.Trainer, batch: Any, n: int) -> list[int]:
+    def _from_cache(self, indices: list[int], device: torch.device) -> dict[str, Tensor] | None:
+        """The cached teacher tensors of the batch, on ``device``; ``None`` unless all are cached.
+
+        A copy from host memory to the device, which reads nothing back: on a GPU the rows are
+        stacked in pinned memory and copied without blocking.
+        """
+        if not all(i in self._cache for i in indices):
+            return None
+        keys = self._cache[indices[0]].keys()
+        pin = torch.device(device).type == "cuda"
+        current = {}
+        for k in keys:
+            rows = torch.stack([self._cache[i][k] for i in indices])
+            current[k] = (rows.pin_memory() if pin else rows).to(device, non_blocking=pin)
+        return current
+
+    def _store_in_cache(self, indices: list[int], current: Mapping[str, Tensor]) -> None:
+        """Keep the teacher's tensors of the batch in host memory, one entry per sample index.
+
+        A device-to-host copy by definition (the cache lives in host memory, where a training
+        set's worth of teacher outputs fits), so it waits for the teacher's forward; it runs
+        only for batches that miss the cache, with fixed inputs the first epoch's.
+        """
+        stored = {k: v.detach().cpu() for k, v in current.items()}
+        for row, i in enumerate(indices):
+            self._cache[i] = {k: v[row] for k, v in stored.items()}
+
+    def _host_indices(self, trainer: L.Trainer, batch: Any, n: int) -> list[int]:
+        """The batch's sample indices as Python ints, the keys of the cache.
+
+        A host read by definition: the cache is a host-memory table keyed by sample index, and
+        whether the teacher runs depends on them. Indices from a sampler-owning callback
+        (InfoBatch) are host memory already; ``batch[index_key]`` has been moved to the
+        device with the batch, so reading it waits for the device (N integers per step).
+        """
         key = self.index_key
         in_batch = (isinstance(key, str) and isinstance(batch, Mapping) and key in batch) or (
             isinstance(key, int) and isinstance(batch, tuple | list)
