@@ -4,14 +4,22 @@ Each row times one loss of this library and a reference implementation of the sa
 (PyTorch, torchvision, kornia, timm) on the same inputs, after checking that both give the same
 value and the same input gradient. The time per call is the median over ``--repeats`` blocks of
 ``torch.autograd.grad(loss(x, t), x)``; ours and the reference are timed in alternating blocks so
-that drift of the machine affects both alike.
+that drift of the machine affects both alike. Every pair runs at a small shape, where the fixed
+cost per call dominates (256x100), and a large one (256x1000; 8x21x64x64 dense logits where the
+reference takes them), in float32 and under bf16 autocast.
 
-    python benchmarks/loss_speed.py                 # CPU, float32, 2 threads
-    python benchmarks/loss_speed.py --amp           # adds a bf16-autocast row per pair
+A second table times a whole training step of a small timm model in a Lightning ``Trainer``:
+the step returning ``F.cross_entropy`` directly, the same step through
+``LossMixin.compute_loss``, and that step with a callback attached (``LossLandscape``, idle
+until its first analysis at epoch 100; ``InfoBatch``, recording scores in its first epoch). The configurations
+run in interleaved repeats; the ratio to the bare step is paired by repeat.
+
+    python benchmarks/loss_speed.py                 # CPU, 2 threads, both tables
     python benchmarks/loss_speed.py --device cuda   # on the GPU
-    python benchmarks/loss_speed.py --quick         # small shapes, a smoke run
+    python benchmarks/loss_speed.py --sync-debug    # on the GPU, under set_sync_debug_mode("error")
+    python benchmarks/loss_speed.py --quick         # tiny sizes, a smoke run (seconds)
 
-The table is printed and written as Markdown to ``--out``.
+The tables are printed and written as Markdown to ``--out``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +254,148 @@ def _markdown(rows: list[Row], env: list[str]) -> str:
         f"| {r.ours_ms:.3f} | {r.ref_ms:.3f} | {r.ours_ms / r.ref_ms:.2f} | {r.agree} |"
         for r in rows
     ]
-    return "\n".join([*env, "", *head, *body]) + "\n"
+    ratios = [r.ours_ms / r.ref_ms for r in rows]
+    worst = max(rows, key=lambda r: r.ours_ms / r.ref_ms)
+    summary = [
+        "",
+        f"- {len(rows)} rows; ours / reference: median {statistics.median(ratios):.2f}, "
+        f"max {max(ratios):.2f} ({worst.pair.name}, {'x'.join(map(str, worst.shape))}, "
+        f"{worst.dtype}); rows above 1.0: {sum(x > 1.0 for x in ratios)}, above 1.2: "
+        f"{sum(x > 1.2 for x in ratios)}; values and gradients agree in "
+        f"{sum(r.agree == 'yes' for r in rows)} of {len(rows)}",
+    ]
+    return "\n".join([*env, "", *head, *body, *summary]) + "\n"
+
+
+# -- a whole training step ---------------------------------------------------------------------
+
+
+@dataclass
+class StepRow:
+    name: str
+    step_ms: list[float]  # per repeat: the median step time of that fit
+    ratio: list[float]  # per repeat: step time / the bare step's time in the same repeat
+
+
+def _step_configs() -> list[tuple[str, bool, Callable[[], list[Any]]]]:
+    from lightning_losses.callbacks import InfoBatch, LossLandscape
+
+    return [
+        ("bare step: `F.cross_entropy` + `self.log`", False, list),
+        ("`compute_loss`", True, list),
+        (
+            "`compute_loss` + `LossLandscape` (idle: first analysis at epoch 100)",
+            True,
+            lambda: [LossLandscape(every_n_epochs=100, run_at_end=False)],
+        ),
+        (
+            "`compute_loss` + `InfoBatch` (first epoch: records scores)",
+            True,
+            lambda: [InfoBatch(prune_ratio=0.5)],
+        ),
+    ]
+
+
+def _step_fit(args, via_mixin: bool, callbacks: list[Any], seed: int) -> float:
+    """Median time (ms) between consecutive training-batch starts in one short fit."""
+    import lightning as L
+    import timm
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_losses import LossMixin
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, *_: Any) -> None:
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            self.starts.append(time.perf_counter())
+
+    class Model(LossMixin, L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.net = timm.create_model(
+                args.step_model, num_classes=10, in_chans=1, img_size=args.step_image
+            )
+            self.criterion = build_loss("cross_entropy")
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            logits = self.net(x)
+            if via_mixin:
+                return self.compute_loss(logits, y, batch=batch)
+            loss = F.cross_entropy(logits, y)
+            # what compute_loss logs for the loss itself
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    g = torch.Generator().manual_seed(seed)
+    n = args.step_batch * (args.steps + 1)
+    x = torch.randn(n, 1, args.step_image, args.step_image, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.step_batch, shuffle=True)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_epochs=1,
+        callbacks=[timer, *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(Model(), train_dataloaders=loader)
+    gaps = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
+    return statistics.median(gaps[args.warmup :]) * 1e3
+
+
+def _step_rows(args) -> list[StepRow]:
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    configs = _step_configs()
+    rows = [StepRow(name, [], []) for name, _, _ in configs]
+    for repeat in range(args.step_repeats):
+        for row, (_, via_mixin, callbacks) in zip(rows, configs, strict=True):
+            row.step_ms.append(_step_fit(args, via_mixin, callbacks(), seed=repeat))
+        for row in rows:
+            row.ratio.append(row.step_ms[-1] / rows[0].step_ms[-1])
+        print(
+            f"step repeat {repeat + 1}/{args.step_repeats}: "
+            + ", ".join(f"{r.step_ms[-1]:.2f} ms" for r in rows),
+            file=sys.stderr,
+        )
+    return rows
+
+
+def _step_markdown(rows: list[StepRow], args) -> str:
+    head = [
+        f"Training step of timm `{args.step_model}` (10 classes, 1x{args.step_image}x"
+        f"{args.step_image} inputs, batch {args.step_batch}, SGD), {args.steps} steps per fit, "
+        f"the first {args.warmup} left out; {args.step_repeats} interleaved repeats. A repeat's "
+        "time is the median gap between consecutive training-batch starts; the ratio is paired "
+        "with the bare step of the same repeat.",
+        "",
+        "| step | median step (ms) | step / bare step: median | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    body = [
+        f"| {r.name} | {statistics.median(r.step_ms):.2f} | {statistics.median(r.ratio):.3f} "
+        f"| {min(r.ratio):.3f} | {max(r.ratio):.3f} |"
+        for r in rows
+    ]
+    return "\n".join([*head, *body]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,16 +404,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed blocks (default 7)")
     parser.add_argument("--block-s", type=float, default=None, help="seconds per timed block")
-    parser.add_argument("--amp", action="store_true", help="also time bf16 autocast")
-    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--float32-only", action="store_true", help="skip the bf16 rows")
+    parser.add_argument("--no-steps", action="store_true", help="skip the training-step table")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per fit")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of each fit")
+    parser.add_argument("--step-repeats", type=int, default=None, help="interleaved fits")
+    parser.add_argument("--step-model", default="test_vit", help="timm model of the step table")
+    parser.add_argument("--step-image", type=int, default=32)
+    parser.add_argument("--step-batch", type=int, default=64)
+    parser.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="CUDA only: run under torch.cuda.set_sync_debug_mode('error'), so any host "
+        "synchronisation in a timed call raises",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_speed.md"
     )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was given but CUDA is not available")
+    if args.sync_debug and args.device != "cuda":
+        parser.error("--sync-debug needs --device cuda")
     args.repeats = args.repeats or (3 if args.quick else 7)
-    args.block_s = args.block_s or (0.02 if args.quick else 0.1)
+    args.block_s = args.block_s or (0.005 if args.quick else 0.1)
+    args.steps = args.steps or (6 if args.quick else 60)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10)
+    args.step_repeats = args.step_repeats or (1 if args.quick else 7)
+    if args.quick:
+        args.step_image, args.step_batch = 16, 8
     torch.set_num_threads(args.threads)
     args.load = os.getloadavg()[0]
     if args.device == "cpu" and args.load + args.threads > (os.cpu_count() or 1) + 0.5:
@@ -274,14 +444,20 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
 
-    classification = (64, 100) if args.quick else (256, 1000)
-    dense = (2, 21, 16, 16) if args.quick else (8, 21, 64, 64)
-    precisions = [("float32", False)] + ([("bf16 autocast", True)] if args.amp else [])
+    shapes = (
+        {"small": (16, 10), "large": (32, 50), "dense": (2, 3, 4, 4)}
+        if args.quick
+        else {"small": (256, 100), "large": (256, 1000), "dense": (8, 21, 64, 64)}
+    )
+    precisions = [("float32", False)] + ([] if args.float32_only else [("bf16 autocast", True)])
+    if args.sync_debug:
+        torch.cuda.set_sync_debug_mode("error")
 
     start = time.perf_counter()
     rows: list[Row] = []
     for pair in _pairs():
-        for shape in [classification] + ([dense] if pair.dense else []):
+        pair_shapes = [shapes["small"], shapes["large"]] + ([shapes["dense"]] if pair.dense else [])
+        for shape in pair_shapes:
             for label, amp in precisions:
                 dtype = torch.bfloat16 if amp else torch.float32
                 x, t = _inputs(pair.target, shape, args.device, dtype, seed=len(rows))
@@ -295,11 +471,16 @@ def main(argv: list[str] | None = None) -> None:
                     f"{ours_ms:9.3f} ms {ref_ms:9.3f} ms  {ours_ms / ref_ms:5.2f}  {agree}",
                     file=sys.stderr,
                 )
+    step_table = ""
+    if not args.no_steps:
+        step_table = "\n" + _step_markdown(_step_rows(args), args)
+    if args.sync_debug:
+        torch.cuda.set_sync_debug_mode("default")
     elapsed = time.perf_counter() - start
 
     env = _environment(args)
     env.append(f"- benchmark wall time: {elapsed:.0f} s")
-    table = _markdown(rows, env)
+    table = _markdown(rows, env) + step_table
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -144,7 +145,15 @@ class LossMixin:
         ...     def training_step(self, batch, batch_idx):
         ...         x, y = batch
         ...         return self.compute_loss(self.net(x), y, batch=batch)
+
+    Set the class attribute ``progress_bar_loss = False`` to keep ``{stage}/loss`` out of the
+    progress bar: Lightning turns every metric logged with ``prog_bar=True`` and
+    ``on_step=True`` into a Python number after each training step (a host read, which stalls
+    a GPU's queue once per step), whether or not a progress bar is shown.
     """
+
+    #: Show the per-step training loss in the progress bar (costs Lightning's host read a step).
+    progress_bar_loss: bool = True
 
     def compute_loss(
         self,
@@ -168,7 +177,7 @@ class LossMixin:
         terms: dict[str, LossTerm] = {self._term_name(criterion): LossTerm(main, 1.0)}
         callbacks = self._pipeline_callbacks() if stage == "train" else []
         for cb in callbacks:
-            if isinstance(cb, LossTermProvider):
+            if _plays(cb, LossTermProvider):
                 for name, term in cb.loss_terms(self, outputs, target, batch).items():
                     if name in terms:
                         raise ValueError(
@@ -196,7 +205,7 @@ class LossMixin:
         else:
             detached_total = total.detach()
             for cb in callbacks:
-                if isinstance(cb, SampleWeighter):
+                if _plays(cb, SampleWeighter):
                     w = cb.sample_weights(self, batch, detached_total)
                     sample_weight = w if sample_weight is None else sample_weight * w
             record: LossPipelineRecord | None = self.__dict__.get("_loss_record")
@@ -211,7 +220,7 @@ class LossMixin:
             return loss
         detached = {name: v.values.detach() for name, v in values.items()}
         for cb in callbacks:
-            if isinstance(cb, LossObserver):
+            if _plays(cb, LossObserver):
                 cb.observe_losses(self, batch, detached, sample_weight)
         self._log_losses(stage, loss, values, batch_size=n)
         return loss
@@ -341,7 +350,7 @@ class LossMixin:
         self.log(
             f"{stage}/loss",
             loss.detach(),
-            prog_bar=True,
+            prog_bar=self.progress_bar_loss,
             on_step=on_step,
             on_epoch=True,
             batch_size=batch_size,
@@ -356,6 +365,28 @@ class LossMixin:
                 batch_size=batch_size,
                 sync_dist=sync,
             )
+
+
+#: The method that makes a callback play each pipeline role (see ``protocols``).
+_ROLE_METHODS = {
+    LossTermProvider: "loss_terms",
+    SampleWeighter: "sample_weights",
+    LossObserver: "observe_losses",
+}
+
+
+@functools.cache
+def _type_plays(cls: type, role: type) -> bool:
+    return callable(getattr(cls, _ROLE_METHODS[role], None))
+
+
+def _plays(callback: Any, role: type) -> bool:
+    """``isinstance(callback, role)`` for a pipeline protocol, answered once per class.
+
+    A runtime ``isinstance`` against a ``Protocol`` inspects the object's attributes on every
+    call; the pipeline asks for each callback and each role at every training step.
+    """
+    return _type_plays(type(callback), role)
 
 
 def _mean(term: PerSample) -> Tensor:

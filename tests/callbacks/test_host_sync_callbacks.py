@@ -16,7 +16,8 @@ Outside the window, on purpose:
 * Lightning's bookkeeping between two steps: ``_LoggerConnector.on_batch_end`` converts every
   metric logged with ``prog_bar=True`` and ``on_step=True`` to a Python number (``.item()``,
   ``ResultCollection.metrics``) at every step, and ``LossMixin`` logs ``train/loss`` that way; see
-  ``test_lightning_reads_the_progress_bar_loss_after_every_step``. With ``logger=False`` nothing
+  ``test_lightning_reads_the_progress_bar_loss_after_every_step`` (``progress_bar_loss = False`` on
+  the module avoids it). With ``logger=False`` nothing
   else is converted per step (a logger would convert its metrics every ``log_every_n_steps``).
 
 Host reads that a method needs by its definition are let through by name with
@@ -304,33 +305,43 @@ def test_a_planted_read_in_the_first_batch_only_goes_unchecked():
     assert _fit_sync_free(FirstBatchOnly(num_groups=3), max_epochs=1) == N // B - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HostSyncError,
-    reason="LossMixin logs train/loss with prog_bar=True and on_step=True, and Lightning's "
-    "_LoggerConnector.on_batch_end turns such metrics into Python numbers (.item()) after every "
-    "training step, whether or not a progress bar is shown",
-)
-def test_lightning_reads_the_progress_bar_loss_after_every_step():
+def _fit_with_window_over_lightning(model: L.LightningModule) -> None:
+    """Train with the window open from one step's start to the next, Lightning's work included."""
     window = SyncFreeWindow()
 
     class CloseAfterLightning(L.Callback):
         """Keeps the window open over Lightning's work between two steps."""
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            window.shut()
+            if window._stack is not None:  # a step and Lightning's work after it ran inside
+                window.shut()
+                window.checked += 1
 
         def on_train_epoch_end(self, trainer, pl_module):
             window.shut()
 
     trainer = _trainer(callbacks=[CloseAfterLightning(), window.open], max_epochs=1)
     try:
-        trainer.fit(Model(), _loader())
-    except HostSyncError as err:  # the documented read, not another one
-        assert "logger_connector" in str(err) and "on_batch_end" in str(err), str(err)
-        raise
+        trainer.fit(model, _loader())
     finally:
         window.shut()
+    assert window.checked == N // B - 2  # batches 2 and 3, each up to the next batch's start
+
+
+def test_lightning_reads_the_progress_bar_loss_after_every_step():
+    """LossMixin shows train/loss in the progress bar (``prog_bar=True, on_step=True``), and
+    Lightning's ``_LoggerConnector.on_batch_end`` turns such metrics into Python numbers
+    (``.item()``) after every training step, whether or not a progress bar is shown."""
+    with pytest.raises(HostSyncError) as err:
+        _fit_with_window_over_lightning(Model())
+    assert "logger_connector" in str(err.value) and "on_batch_end" in str(err.value)
+
+
+def test_without_the_progress_bar_loss_the_whole_step_is_sync_free():
+    class Quiet(Model):
+        progress_bar_loss = False
+
+    _fit_with_window_over_lightning(Quiet())
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,12 +227,27 @@ def test_grand_does_not_depend_on_the_rest_of_the_batch():
 def test_grand_falls_back_to_a_loop_for_a_loss_that_checks_its_labels():
     net = _small_net()
     x, y = _images()
-    checked = build_loss("cross_entropy")  # validates labels by reading them: not vmap-able
+
+    def checked(logits, target):  # validates labels by reading them: not vmap-able
+        if int(target.max()) >= logits.shape[1]:
+            raise ValueError("label out of range")
+        return F.cross_entropy(logits, target)
+
     with pytest.warns(UserWarning, match="one sample at a time"):
         got = grand_scores(net, checked, x, y)
     ref = naive_grand(_small_net(), F.cross_entropy, x, y)
     torch.testing.assert_close(got, ref.float(), rtol=1e-6, atol=0)
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_grand_vectorises_a_registered_loss():
+    """The library's losses read no values on the host, so vmap takes them as they are."""
+    x, y = _images()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = grand_scores(_small_net(), build_loss("cross_entropy"), x, y)
+    ref = naive_grand(_small_net(), F.cross_entropy, x, y)
+    torch.testing.assert_close(got, ref.float(), rtol=1e-6, atol=0)
 
 
 def test_grand_rejects_batch_norm_without_running_statistics():
