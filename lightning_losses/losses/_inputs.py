@@ -189,6 +189,20 @@ def prepare_categorical(
     return Categorical(logits, torch.where(valid, flat, 0), None, valid, n)
 
 
+def check_binary_shapes(input: Tensor, target: Tensor) -> None:
+    """Logits with a batch dimension and a target of the same shape (metadata only)."""
+    check_tensor(input, "input")
+    check_tensor(target, "target")
+    check_float(input, "input")
+    if input.ndim < 1:
+        raise ValueError(f"`input` must have a batch dimension; got shape {tuple(input.shape)}.")
+    if target.shape != input.shape:
+        raise ValueError(
+            f"`target` must have the input's shape {tuple(input.shape)} (one 0/1 label per "
+            f"logit); got {tuple(target.shape)}."
+        )
+
+
 def prepare_binary(
     input: Tensor,
     target: Tensor,
@@ -201,16 +215,7 @@ def prepare_binary(
     ``validate_args`` checks, on the device, that the input is finite and the target lies in
     [0, 1] (or equals ``ignore_index``).
     """
-    check_tensor(input, "input")
-    check_tensor(target, "target")
-    check_float(input, "input")
-    if input.ndim < 1:
-        raise ValueError(f"`input` must have a batch dimension; got shape {tuple(input.shape)}.")
-    if target.shape != input.shape:
-        raise ValueError(
-            f"`target` must have the input's shape {tuple(input.shape)} (one 0/1 label per "
-            f"logit); got {tuple(target.shape)}."
-        )
+    check_binary_shapes(input, target)
     n = input.shape[0]
     logits = upcast(input).reshape(n, -1)
     t = target.reshape(n, -1)

@@ -24,6 +24,7 @@ from ._base import Loss
 from ._inputs import (
     Binary,
     Categorical,
+    check_binary_shapes,
     check_categorical,
     kernel_ignore_index,
     per_sample_reduce,
@@ -63,19 +64,25 @@ class CategoricalLoss(Loss):
         w = check_class_weight(weight)
         self.register_buffer("weight", w if w is not None else torch.empty(0), persistent=True)
 
+    @property
+    def weighted(self) -> bool:
+        """Whether a class weight is set (read from the buffer dict: ``Module.__getattr__`` is
+        slow on a per-call path, and the weight may be set after construction)."""
+        return self._buffers["weight"].numel() > 0
+
     def element_loss(self, c: Categorical) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement element_loss")
 
     def class_weight(self, c: Categorical) -> Tensor | None:
         """Per-row weight ``w[y]`` (or ``sum_k w_k q_k`` for soft targets), None if unweighted."""
-        if self.weight.numel() == 0:
+        if not self.weighted:
             return None
         w = self.checked_weight(c.logits)
         return c.soft @ w if c.soft is not None else w[c.target]
 
     def checked_weight(self, logits: Tensor) -> Tensor | None:
         """The class weight in the logits' dtype (None if unweighted), checked against K."""
-        if self.weight.numel() == 0:
+        if not self.weighted:
             return None
         k = logits.shape[1]
         if self.weight.numel() != k:
@@ -118,9 +125,7 @@ class CategoricalLoss(Loss):
         return reduce_elements_fused(self.weighted_element_loss(c), c.batch_size, self.reduction)
 
 
-def log_one_minus_p_target(
-    logits: Tensor, target: Tensor, lse: Tensor | None = None
-) -> Tensor:
+def log_one_minus_p_target(logits: Tensor, target: Tensor, lse: Tensor | None = None) -> Tensor:
     """``log(1 - p_y)`` computed as ``logsumexp_{k != y} z_k - logsumexp_k z_k``.
 
     Stable where ``p_y`` rounds to 1 (it stays finite, and so do its gradients), unlike
@@ -215,8 +220,7 @@ class CrossEntropyLoss(CategoricalLoss):
     def reduced(self, input: Tensor, target: Tensor) -> Tensor | None:
         if self.ignore_index is not None and input.ndim > 2:
             return None  # a per-image mean over each image's own valid pixels
-        unweighted = self.weight.numel() == 0
-        if unweighted and self.ignore_index is None and self.reduction == "mean":
+        if not self.weighted and self.ignore_index is None and self.reduction == "mean":
             return self._cross_entropy(input, target, "mean")[0]
         # torch's "mean" divides by the summed class weights; ours by the number of samples.
         total, valid, x = self._cross_entropy(input, target, "sum")
@@ -461,6 +465,30 @@ class BinaryCrossEntropyLoss(BinaryLoss):
         v = check_class_weight(pos_weight, "pos_weight")
         self.register_buffer("weight", w if w is not None else torch.empty(0))
         self.register_buffer("pos_weight", v if v is not None else torch.empty(0))
+
+    @property
+    def weighted(self) -> bool:
+        """Whether a class or positive weight is set (see :attr:`CategoricalLoss.weighted`)."""
+        return self._buffers["weight"].numel() > 0 or self._buffers["pos_weight"].numel() > 0
+
+    def reduced(self, input: Tensor, target: Tensor, **context: Any) -> Tensor | None:
+        plain = not (
+            context or self.validate_args or self.ignore_index is not None or self.weighted
+        )
+        if not plain:
+            return super().reduced(input, target, **context)
+        # Nothing to ignore, weight or check: torch's kernel on the input's own layout, with no
+        # flattening (every sample has the same number of elements, so its mean is ours).
+        check_binary_shapes(input, target)
+        x = upcast(input)
+        t = target if target.dtype == x.dtype else target.to(x.dtype)
+        if self.reduction == "mean" and x.numel():
+            return F.binary_cross_entropy_with_logits(x, t)
+        total = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
+        per_sample = x.numel() // x.shape[0] if x.shape[0] else 1
+        if self.reduction == "mean":
+            return total
+        return total / per_sample if per_sample > 1 else total
 
     def _bce(self, b: Binary, reduction: str) -> Tensor:
         x, t, n = b.logits, b.target, b.shape[0]
