@@ -31,7 +31,7 @@ def test_readme_model_trains():
         accelerator="cpu",
     )
     trainer.fit(model, DataLoader(data, batch_size=4))
-    assert torch.isfinite(trainer.callback_metrics["train/loss/focal"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
 def test_readme_contract_snippet():

@@ -12,7 +12,9 @@
 
 The mixin also fills the context a loss declares (see ``Loss.context``): ``epoch`` from the
 trainer, ``index`` from the batch, and, once, class counts from the datamodule's
-``class_counts``. Every term is logged as ``{stage}/loss/{name}`` next to ``{stage}/loss``.
+``class_counts``. The loss is logged as ``{stage}/loss``, and every term as
+``{stage}/loss/{name}`` (epoch means) when there is more than one term or a callback weights
+the samples; a single unweighted term equals ``{stage}/loss`` and is not logged twice.
 
 **Replaying a pass.** A callback that re-runs ``training_step`` on the same micro-batches
 (:class:`~lightning_losses.callbacks.sam.SAM`'s second pass at perturbed weights) must not let
@@ -222,7 +224,10 @@ class LossMixin:
         for cb in callbacks:
             if _plays(cb, LossObserver):
                 cb.observe_losses(self, batch, detached, sample_weight)
-        self._log_losses(stage, loss, values, batch_size=n)
+        # One unweighted term is the loss itself: logging it again would only repeat
+        # {stage}/loss, at Lightning's cost of a log call per step.
+        same_as_loss = len(values) == 1 and sample_weight is None and reduction == "mean"
+        self._log_losses(stage, loss, {} if same_as_loss else values, batch_size=n)
         return loss
 
     # -- recording and replaying a pass -----------------------------------------------------
