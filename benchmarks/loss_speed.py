@@ -11,8 +11,8 @@ reference takes them), in float32 and under bf16 autocast.
 A second table times a whole training step of a small timm model in a Lightning ``Trainer``:
 the step returning ``F.cross_entropy`` directly, the same step through
 ``LossMixin.compute_loss``, and that step with a callback attached (``LossLandscape``, idle
-until its first analysis at epoch 100; ``InfoBatch``, recording scores in its first epoch). The configurations
-run in interleaved repeats; the ratio to the bare step is paired by repeat.
+until its first analysis at epoch 100; ``InfoBatch``, recording scores in its first epoch).
+The configurations run in interleaved repeats; the ratio to the bare step is paired by repeat.
 
     python benchmarks/loss_speed.py                 # CPU, 2 threads, both tables
     python benchmarks/loss_speed.py --device cuda   # on the GPU
