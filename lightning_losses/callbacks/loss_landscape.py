@@ -486,13 +486,15 @@ class LossLandscape(L.Callback):
         with _isolated(pl_module, self.model_mode):
             probe = self._probe_set(trainer, pl_module)
             loss_fn = self.loss_fn or module_loss
-            fn = LossFunction(pl_module, loss_fn, probe, param_filter=self.param_filter)
+            # every HVP rebuilds each batch's graph (retain_graph=False): the printed cost is
+            # then exact for fixed budgets and the memory one batch's graph (see Cost)
+            options = dict(param_filter=self.param_filter, retain_graph=False)
+            fn = LossFunction(pl_module, loss_fn, probe, **options)
             per_class = {
                 c: class_batches(probe, c, labels=self.labels) for c in self._classes(probe)
             }
             class_fns = {
-                c: LossFunction(pl_module, loss_fn, b, param_filter=self.param_filter)
-                for c, b in per_class.items()
+                c: LossFunction(pl_module, loss_fn, b, **options) for c, b in per_class.items()
             }
             hvps, forwards = self.estimate_cost(
                 fn.numel, len(probe), [len(b) for b in per_class.values()]

@@ -21,7 +21,11 @@ def problem():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 3, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (40,), generator=g)
-    fn = LossFunction(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), [(x, y)])
+    # graph rebuilt for every HVP, whose cost the counters below check (reuse:
+    # test_graph_reuse.py)
+    fn = LossFunction(
+        model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), [(x, y)], retain_graph=False
+    )
     return fn, fn.hessian()
 
 

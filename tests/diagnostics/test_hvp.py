@@ -119,7 +119,7 @@ def test_param_filter_errors_name_the_argument():
 def test_counters_and_closure():
     model = _mlp()
     x, y = _data()
-    fn = LossFunction(model, _ce, _batches(x, y))
+    fn = LossFunction(model, _ce, _batches(x, y), retain_graph=False)  # reuse: test_graph_reuse
     v = torch.ones(59, dtype=torch.float64)
     fn.matvec(v)
     fn.matvec(v)

@@ -21,7 +21,11 @@ def problem():
     x = torch.randn(40, 3, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (40,), generator=g)
     batches = [(x[:17], y[:17]), (x[17:32], y[17:32]), (x[32:], y[32:])]
-    fn = LossFunction(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches)
+    # graphs rebuilt for every HVP, whose cost the counters below check (reuse:
+    # test_graph_reuse.py)
+    fn = LossFunction(
+        model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches, retain_graph=False
+    )
     return fn, fn.hessian()
 
 
