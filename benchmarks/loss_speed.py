@@ -8,11 +8,11 @@ that drift of the machine affects both alike. Every pair runs at a small shape, 
 cost per call dominates (256x100), and a large one (256x1000; 8x21x64x64 dense logits where the
 reference takes them), in float32 and under bf16 autocast.
 
-A second table times a whole training step of a small timm model in a Lightning ``Trainer``:
-the step returning ``F.cross_entropy`` directly, the same step through
-``LossMixin.compute_loss``, and that step with a callback attached (``LossLandscape``, idle
-until its first analysis at epoch 100; ``InfoBatch``, recording scores in its first epoch).
-The configurations run in interleaved repeats; the ratio to the bare step is paired by repeat.
+A second table times a whole training step of a small timm model in a Lightning ``Trainer``.
+In every fit the steps alternate between returning ``F.cross_entropy`` directly and going
+through ``LossMixin.compute_loss``, so that both kinds of step see the same state of the machine;
+the fits run with no callback, with ``LossLandscape`` (idle until its first analysis at epoch
+100) and with ``InfoBatch`` (which weights and records scores in its first epoch).
 
     python benchmarks/loss_speed.py                 # CPU, 2 threads, both tables
     python benchmarks/loss_speed.py --device cuda   # on the GPU
@@ -45,6 +45,24 @@ from lightning_losses import build_loss
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+#: The part of DOCS that this script writes (the tables and their summary), so that the page's
+#: numbers are the last run's and its prose can only refer to them.
+BEGIN, END = "<!-- loss_speed.py: begin generated -->", "<!-- loss_speed.py: end generated -->"
+
+
+def with_generated_section(page: str, table: str) -> str:
+    """``page`` with the text between the BEGIN and END markers replaced by ``table``."""
+    if BEGIN not in page or END not in page:
+        raise ValueError(f"{DOCS} has no generated section ({BEGIN} ... {END})")
+    head, rest = page.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table}{END}{tail}"
+
+
+def generated_section(page: str) -> str:
+    """The text between the markers (what ``with_generated_section`` put there)."""
+    return page.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")
 
 
 @dataclass
@@ -273,31 +291,33 @@ def _markdown(rows: list[Row], env: list[str]) -> str:
 @dataclass
 class StepRow:
     name: str
-    step_ms: list[float]  # per repeat: the median step time of that fit
-    ratio: list[float]  # per repeat: step time / the bare step's time in the same repeat
+    bare_ms: list[float]  # per fit: the median time of its bare steps
+    step_ms: list[float]  # per fit: the median time of its compute_loss steps
+    ratio: list[float]  # per fit: step_ms / bare_ms
 
 
-def _step_configs() -> list[tuple[str, bool, Callable[[], list[Any]]]]:
+def _step_configs() -> list[tuple[str, Callable[[], list[Any]]]]:
     from lightning_losses.callbacks import InfoBatch, LossLandscape
 
     return [
-        ("bare step: `F.cross_entropy` + `self.log`", False, list),
-        ("`compute_loss`", True, list),
+        ("`compute_loss`", list),
         (
             "`compute_loss` + `LossLandscape` (idle: first analysis at epoch 100)",
-            True,
             lambda: [LossLandscape(every_n_epochs=100, run_at_end=False)],
         ),
         (
-            "`compute_loss` + `InfoBatch` (first epoch: records scores)",
-            True,
+            "`compute_loss` + `InfoBatch` (first epoch: weights and records scores)",
             lambda: [InfoBatch(prune_ratio=0.5)],
         ),
     ]
 
 
-def _step_fit(args, via_mixin: bool, callbacks: list[Any], seed: int) -> float:
-    """Median time (ms) between consecutive training-batch starts in one short fit."""
+def _step_fit(args, callbacks: list[Any], seed: int) -> tuple[float, float]:
+    """One fit whose steps alternate: even batches return ``F.cross_entropy`` (the bare step),
+    odd batches go through ``compute_loss``. Returns the median time (ms) of each kind of step,
+    a step being the gap from its batch's start to the next batch's start (forward, loss,
+    backward, optimiser step and Lightning's hooks). Adjacent steps share the machine's state,
+    so the ratio of the two medians is not moved by drift between fits."""
     import lightning as L
     import timm
     from torch.utils.data import DataLoader, TensorDataset
@@ -325,7 +345,7 @@ def _step_fit(args, via_mixin: bool, callbacks: list[Any], seed: int) -> float:
         def training_step(self, batch, batch_idx):
             x, y = batch
             logits = self.net(x)
-            if via_mixin:
+            if batch_idx % 2:
                 return self.compute_loss(logits, y, batch=batch)
             loss = F.cross_entropy(logits, y)
             # what compute_loss logs for the loss itself
@@ -354,7 +374,10 @@ def _step_fit(args, via_mixin: bool, callbacks: list[Any], seed: int) -> float:
     )
     trainer.fit(Model(), train_dataloaders=loader)
     gaps = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
-    return statistics.median(gaps[args.warmup :]) * 1e3
+    timed = list(enumerate(gaps))[args.warmup :]
+    bare = [gap for i, gap in timed if i % 2 == 0]
+    mixin = [gap for i, gap in timed if i % 2 == 1]
+    return statistics.median(bare) * 1e3, statistics.median(mixin) * 1e3
 
 
 def _step_rows(args) -> list[StepRow]:
@@ -365,17 +388,18 @@ def _step_rows(args) -> list[StepRow]:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     configs = _step_configs()
-    rows = [StepRow(name, [], []) for name, _, _ in configs]
-    for _, via_mixin, callbacks in configs:  # untimed: first allocations, lazy imports
-        _step_fit(args, via_mixin, callbacks(), seed=10_000)
+    rows = [StepRow(name, [], [], []) for name, _ in configs]
+    if not args.quick:  # an untimed fit: first allocations, lazy imports
+        _step_fit(args, [], seed=10_000)
     for repeat in range(args.step_repeats):
-        for row, (_, via_mixin, callbacks) in zip(rows, configs, strict=True):
-            row.step_ms.append(_step_fit(args, via_mixin, callbacks(), seed=repeat))
-        for row in rows:
-            row.ratio.append(row.step_ms[-1] / rows[0].step_ms[-1])
+        for row, (_, callbacks) in zip(rows, configs, strict=True):
+            bare, step = _step_fit(args, callbacks(), seed=repeat)
+            row.bare_ms.append(bare)
+            row.step_ms.append(step)
+            row.ratio.append(step / bare)
         print(
             f"step repeat {repeat + 1}/{args.step_repeats}: "
-            + ", ".join(f"{r.step_ms[-1]:.2f} ms" for r in rows),
+            + ", ".join(f"{r.ratio[-1]:.3f}" for r in rows),
             file=sys.stderr,
         )
     return rows
@@ -385,17 +409,18 @@ def _step_markdown(rows: list[StepRow], args) -> str:
     head = [
         f"Training step of timm `{args.step_model}` (10 classes, 1x{args.step_image}x"
         f"{args.step_image} inputs, batch {args.step_batch}, SGD), {args.steps} steps per fit, "
-        f"the first {args.warmup} left out; one untimed fit per configuration first, then "
-        f"{args.step_repeats} interleaved repeats. A repeat's "
-        "time is the median gap between consecutive training-batch starts; the ratio is paired "
-        "with the bare step of the same repeat.",
+        f"the first {args.warmup} left out. In every fit the steps alternate: even batches are "
+        "the bare step (`F.cross_entropy` and the same `self.log` of the loss that "
+        "`compute_loss` makes), odd batches go through `compute_loss`; the callback, if any, is "
+        "attached for the whole fit. A fit's ratio is the median `compute_loss` step over the "
+        f"median bare step; {args.step_repeats} fits per row, interleaved across rows.",
         "",
-        "| step | median step (ms) | step / bare step: median | min | max |",
-        "|---|---:|---:|---:|---:|",
+        "| step | bare step (ms) | `compute_loss` step (ms) | ratio: median | min | max |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     body = [
-        f"| {r.name} | {statistics.median(r.step_ms):.2f} | {statistics.median(r.ratio):.3f} "
-        f"| {min(r.ratio):.3f} | {max(r.ratio):.3f} |"
+        f"| {r.name} | {statistics.median(r.bare_ms):.2f} | {statistics.median(r.step_ms):.2f} "
+        f"| {statistics.median(r.ratio):.3f} | {min(r.ratio):.3f} | {max(r.ratio):.3f} |"
         for r in rows
     ]
     return "\n".join([*head, *body]) + "\n"
@@ -424,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "loss_speed.md"
+    )
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help=f"also replace the generated section of {DOCS.relative_to(ROOT)} with the tables",
     )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -488,6 +518,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
     print(f"written to {args.out}", file=sys.stderr)
+    if args.update_docs:
+        DOCS.write_text(with_generated_section(DOCS.read_text(), table))
+        print(f"updated {DOCS}", file=sys.stderr)
 
 
 if __name__ == "__main__":

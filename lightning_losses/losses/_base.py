@@ -94,7 +94,8 @@ class Loss(nn.Module):
         sample_weight: Tensor | None = None,
         **context: Any,
     ) -> Tensor:
-        self._check_context(context)
+        if context or self.context:  # most losses declare none: no call on the hot path
+            self._check_context(context)
         try:
             if sample_weight is None and self.reduction != "none":
                 fused = self.reduced(input, target, **context)

@@ -51,6 +51,11 @@ class Binary(NamedTuple):
     shape: torch.Size  # the input's shape, (N,), (N, K) or (N, K, *d)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a loss computes in: float32 for half-precision input, else the input's."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -81,12 +86,15 @@ def check_categorical(
     targets, or ``ignore_index=None``). Label values are left to the kernels (see the module
     docstring); ``validate_args`` adds on-device checks of finite input and label range.
     """
-    check_tensor(input, "input")
-    check_tensor(target, "target")
-    check_float(input, "input")
-    if input.ndim < 2:
+    # One combined test for the common case; the checks that name the culprit run on failure.
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor) and input.is_floating_point()):
+        check_tensor(input, "input")
+        check_tensor(target, "target")
+        check_float(input, "input")
+    shape = input.shape
+    if len(shape) < 2:
         raise ValueError(
-            f"`input` must be logits of shape (N, K) or (N, K, *d); got shape {tuple(input.shape)}."
+            f"`input` must be logits of shape (N, K) or (N, K, *d); got shape {tuple(shape)}."
         )
     if validate_args:
         check_finite(input, "input")
@@ -102,8 +110,9 @@ def check_categorical(
                 f"{tuple(target.shape)}."
             )
         return None
-    expected = (input.shape[0], *input.shape[2:])
-    if target.shape != expected:
+    tshape = target.shape
+    if len(tshape) != len(shape) - 1 or tshape[0] != shape[0] or tshape[1:] != shape[2:]:
+        expected = (shape[0], *shape[2:])
         raise ValueError(
             f"`target` of class indices must have shape {expected} for input of shape "
             f"{tuple(input.shape)}; got {tuple(target.shape)}."

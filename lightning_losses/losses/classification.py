@@ -26,6 +26,7 @@ from ._inputs import (
     Categorical,
     check_binary_shapes,
     check_categorical,
+    compute_dtype,
     kernel_ignore_index,
     per_sample_reduce,
     prepare_binary,
@@ -81,7 +82,8 @@ class CategoricalLoss(Loss):
         return c.soft @ w if c.soft is not None else w[c.target]
 
     def checked_weight(self, logits: Tensor) -> Tensor | None:
-        """The class weight in the logits' dtype (None if unweighted), checked against K."""
+        """The class weight in the logits' compute dtype (float32 for half-precision logits;
+        None if unweighted), checked against K."""
         if not self.weighted:
             return None
         k = logits.shape[1]
@@ -89,7 +91,7 @@ class CategoricalLoss(Loss):
             raise ValueError(
                 f"`weight` has {self.weight.numel()} entries but the input has {k} classes."
             )
-        return self.weight.to(logits.dtype)
+        return self.weight.to(compute_dtype(logits.dtype))
 
     def prepare(self, input: Tensor, target: Tensor) -> Categorical:
         """Validate and flatten to rows, with this loss's ``ignore_index`` and target rules."""
@@ -201,8 +203,11 @@ class CrossEntropyLoss(CategoricalLoss):
             ignore_index=self.ignore_index,
             validate_args=self.validate_args,
         )
-        x = upcast(input)
-        t = upcast(target).to(x.dtype) if target.is_floating_point() else target
+        # Under autocast torch's cross_entropy runs in float32 already; outside it, half-precision
+        # logits are upcast here.
+        half = input.dtype in (torch.float16, torch.bfloat16)
+        x = input.float() if half and not torch.is_autocast_enabled(input.device.type) else input
+        t = target.to(compute_dtype(x.dtype)) if target.is_floating_point() else target
         loss = F.cross_entropy(
             x,
             t,
