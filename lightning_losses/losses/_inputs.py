@@ -256,6 +256,8 @@ def per_sample_reduce(
     element_loss: Tensor, valid: Tensor | None, batch_size: int, how: str = "mean"
 ) -> PerSample:
     """Fold element losses (M,) or (N, P) into one value per sample over its valid elements."""
+    if valid is None and element_loss.numel() == batch_size:  # one element per sample
+        return PerSample(element_loss.reshape(batch_size))
     elem = element_loss.reshape(batch_size, -1)
     if valid is None:
         return PerSample(elem.sum(1) if how == "sum" else elem.mean(1))

@@ -169,6 +169,20 @@ class LossMixin:
         """Run the pipeline and return the scalar loss; logs every term under ``stage``."""
         criterion = criterion if criterion is not None else self._criterion()
         replay: _Replay | None = self.__dict__.get("_loss_replay")
+        callbacks = self._pipeline_callbacks() if stage == "train" else []
+        if (
+            isinstance(criterion, Loss)
+            and criterion.reduction != "none"
+            and replay is None
+            and self.__dict__.get("_loss_record") is None
+            and not any(_plays(cb, role) for cb in callbacks for role in _ROLE_METHODS)
+        ):
+            # Nothing adds a term, weights or observes: the pipeline's result is the loss's own
+            # reduction, which a fused kernel computes without the per-sample values.
+            self._give_class_counts(criterion)
+            loss = criterion(outputs, target, **self._call_context(criterion, batch))
+            self._log_losses(stage, loss, {}, batch_size=_batch_size(target))
+            return loss
         main = self._main_term(criterion, outputs, target, batch)
         if main is None:  # an opaque callable: only a scalar is available
             loss = criterion(outputs, target)
@@ -177,7 +191,6 @@ class LossMixin:
             return loss
 
         terms: dict[str, LossTerm] = {self._term_name(criterion): LossTerm(main, 1.0)}
-        callbacks = self._pipeline_callbacks() if stage == "train" else []
         for cb in callbacks:
             if _plays(cb, LossTermProvider):
                 for name, term in cb.loss_terms(self, outputs, target, batch).items():
