@@ -94,8 +94,7 @@ class Loss(nn.Module):
         sample_weight: Tensor | None = None,
         **context: Any,
     ) -> Tensor:
-        if context or self.context:  # most losses declare none: no call on the hot path
-            self._check_context(context)
+        self._check_context(context)
         try:
             if sample_weight is None and self.reduction != "none":
                 fused = self.reduced(input, target, **context)
@@ -119,7 +118,7 @@ class Loss(nn.Module):
             explain_categorical(input, target, getattr(self, "ignore_index", None))
 
     def _check_context(self, context: dict[str, Any]) -> None:
-        if not context and not _call_context(type(self)):
+        if not context and not self.context:  # most losses declare none: nothing to check
             return
         call_context = _call_context(type(self))
         unknown = [k for k in context if k not in call_context]

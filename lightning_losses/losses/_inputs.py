@@ -122,22 +122,23 @@ def check_categorical(
     valid = None if ignore_index is None else target != ignore_index
     if validate_args:
         k = input.shape[1]
-        in_range = (target >= 0) & (target < k)
-        ok = in_range if valid is None else in_range | ~valid
         check_on_device(
-            ok.all(),
+            ~_bad_labels(target, k, ignore_index).any(),
             f"`target` holds labels outside [0, {k - 1}] (input has {k} classes).",
             lambda: _label_message(input, target, ignore_index),
         )
     return valid
 
 
+def _bad_labels(target: Tensor, k: int, ignore_index: int | None) -> Tensor:
+    """Where an index target lies outside ``[0, k)`` and is not ``ignore_index``."""
+    bad = (target < 0) | (target >= k)
+    return bad if ignore_index is None else bad & (target != ignore_index)
+
+
 def _label_message(input: Tensor, target: Tensor, ignore_index: int | None) -> str:
     k = input.shape[1]
-    bad = (target < 0) | (target >= k)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    vals = sorted(set(target[bad].tolist()))[:5]
+    vals = sorted(set(target[_bad_labels(target, k, ignore_index)].tolist()))[:5]
     hint = ""
     if ignore_index is None and any(v < 0 for v in vals):
         hint = (
@@ -164,11 +165,7 @@ def explain_categorical(input: Tensor, target: Tensor, ignore_index: int | None)
         and target.dtype != torch.bool
     ):
         return
-    k = input.shape[1]
-    bad = (target < 0) | (target >= k)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    if bool(bad.any()):
+    if bool(_bad_labels(target, input.shape[1], ignore_index).any()):
         raise ValueError(_label_message(input, target, ignore_index))
 
 
@@ -267,15 +264,23 @@ def per_sample_reduce(
     return PerSample(values, mask.any(1))
 
 
-def reduce_elements_fused(element_loss: Tensor, batch_size: int, reduction: str) -> Tensor:
-    """``reduce_loss(per_sample_reduce(element_loss, None, n), reduction)`` in one reduction.
+def reduce_elements_fused(
+    element_loss: Tensor, batch_size: int, reduction: str, how: str = "mean"
+) -> Tensor:
+    """``reduce_loss(per_sample_reduce(element_loss, None, n, how), reduction)`` in one sum."""
+    return fold_total(element_loss.sum(), element_loss.numel(), batch_size, reduction, how)
 
-    Every sample has the same number ``P`` of elements, so the mean of the per-sample means is
-    the mean over all elements, and the sum of the per-sample means is the element sum over
-    ``P`` (equal up to the order of the floating-point summation).
+
+def fold_total(total: Tensor, numel: int, batch_size: int, reduction: str, how: str = "mean"):
+    """The ``"mean"`` or ``"sum"`` over samples of per-sample values, from the element total.
+
+    Every sample holds the same number ``P = numel / N`` of elements and none is ignored, so
+    with per-sample means (``how="mean"``) the mean over samples is ``total / numel`` and the
+    sum is ``total / P``; with per-sample sums they are ``total / N`` and ``total`` (equal to
+    the per-sample path up to the order of the floating-point summation).
     """
-    if reduction == "mean":
-        return element_loss.mean() if element_loss.numel() else element_loss.sum()
-    total = element_loss.sum()
-    per_sample = element_loss.numel() // batch_size if batch_size else 1
-    return total if per_sample == 1 else total / per_sample
+    if how == "mean":
+        divisor = numel if reduction == "mean" else numel // batch_size if batch_size else 1
+    else:
+        divisor = batch_size if reduction == "mean" else 1
+    return total / divisor if divisor > 1 else total

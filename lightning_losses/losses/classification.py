@@ -27,6 +27,7 @@ from ._inputs import (
     check_binary_shapes,
     check_categorical,
     compute_dtype,
+    fold_total,
     kernel_ignore_index,
     per_sample_reduce,
     prepare_binary,
@@ -231,11 +232,8 @@ class CrossEntropyLoss(CategoricalLoss):
         total, valid, x = self._cross_entropy(input, target, "sum")
         if valid is not None:  # (N, K) input: one element per sample
             return total if self.reduction == "sum" else total / valid.sum().clamp_min(1)
-        n, k = x.shape[0], x.shape[1]
-        elements = x.numel() // k if k else 0
-        if self.reduction == "mean":
-            return total / elements if elements else total
-        return total / (elements // n) if elements > n else total
+        k = x.shape[1]
+        return fold_total(total, x.numel() // k if k else 0, x.shape[0], self.reduction)
 
 
 @register_loss(
@@ -339,19 +337,11 @@ class BinaryLoss(Loss):
         if context or type(self).per_sample is not BinaryLoss.per_sample:
             return None
         b = self.prepare(input, target)
-        if b.valid is not None:
-            values = per_sample_reduce(self.element_loss(b), b.valid, b.shape[0], how=self.fold)
-            return reduce_loss(values, self.reduction)
-        return self.reduce_all(b)
-
-    def reduce_all(self, b: Binary) -> Tensor:
-        """The reduction of every element at once (no element is ignored)."""
         loss = self.element_loss(b)
-        n = b.shape[0]
-        if self.fold == "mean":
-            return reduce_elements_fused(loss, n, self.reduction)
-        total = loss.sum()
-        return total / n if self.reduction == "mean" and n else total
+        if b.valid is not None:
+            values = per_sample_reduce(loss, b.valid, b.shape[0], how=self.fold)
+            return reduce_loss(values, self.reduction)
+        return reduce_elements_fused(loss, b.shape[0], self.reduction, self.fold)
 
 
 @register_loss(
@@ -416,15 +406,19 @@ class BinaryFocalLoss(BinaryLoss):
         return loss
 
 
-def per_class_factor(weight: Tensor, input_shape: torch.Size, n: int) -> Tensor:
-    """Broadcast a per-class vector (K,) over the flattened (N, P) layout of a binary loss."""
+def per_class_view(weight: Tensor, input_shape: torch.Size) -> Tensor:
+    """A per-class vector (K,) shaped (1, K, 1, ...) to broadcast over input of ``input_shape``."""
     if len(input_shape) < 2 or weight.numel() != input_shape[1]:
         raise ValueError(
             f"a per-class vector of {weight.numel()} entries needs input of shape (N, K, *d) with "
             f"K = {weight.numel()}; got input of shape {tuple(input_shape)}."
         )
-    view = weight.reshape(1, -1, *([1] * (len(input_shape) - 2)))
-    return view.expand(n, *input_shape[1:]).reshape(n, -1)
+    return weight.reshape(1, -1, *([1] * (len(input_shape) - 2)))
+
+
+def per_class_factor(weight: Tensor, input_shape: torch.Size, n: int) -> Tensor:
+    """Broadcast a per-class vector (K,) over the flattened (N, P) layout of a binary loss."""
+    return per_class_view(weight, input_shape).expand(n, *input_shape[1:]).reshape(n, -1)
 
 
 @register_loss(
@@ -477,42 +471,37 @@ class BinaryCrossEntropyLoss(BinaryLoss):
         return self._buffers["weight"].numel() > 0 or self._buffers["pos_weight"].numel() > 0
 
     def reduced(self, input: Tensor, target: Tensor, **context: Any) -> Tensor | None:
-        plain = not (
-            context or self.validate_args or self.ignore_index is not None or self.weighted
-        )
-        if not plain:
+        if context or self.validate_args or self.ignore_index is not None:
             return super().reduced(input, target, **context)
-        # Nothing to ignore, weight or check: torch's kernel on the input's own layout, with no
+        # Nothing to ignore or check: torch's kernel reduces on the input's own layout, with no
         # flattening (every sample has the same number of elements, so its mean is ours).
         check_binary_shapes(input, target)
         x = upcast(input)
         t = target if target.dtype == x.dtype else target.to(x.dtype)
-        if self.reduction == "mean" and x.numel():
-            return F.binary_cross_entropy_with_logits(x, t)
-        total = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
-        per_sample = x.numel() // x.shape[0] if x.shape[0] else 1
-        if self.reduction == "mean":
-            return total
-        return total / per_sample if per_sample > 1 else total
+        if self.reduction == "mean" and x.numel():  # torch's mean is over all elements, as ours
+            return self._bce(x, t, x.shape, "mean")
+        total = self._bce(x, t, x.shape, "sum")
+        return fold_total(total, x.numel(), x.shape[0], self.reduction)
 
-    def _bce(self, b: Binary, reduction: str) -> Tensor:
-        x, t, n = b.logits, b.target, b.shape[0]
-        w = self.weight
-        v = self.pos_weight
-        w = per_class_factor(w.to(x.dtype), b.shape, n) if w.numel() else None
-        v = per_class_factor(v.to(x.dtype), b.shape, n) if v.numel() else None
-        # torch's fused kernel computes exactly this formula, stably (log-sum-exp form).
+    def _bce(self, x: Tensor, t: Tensor, shape: torch.Size, reduction: str) -> Tensor:
+        """torch's fused kernel, which computes exactly this formula stably (log-sum-exp form),
+        on logits of the input's ``shape`` or on their ``(N, P)`` flattening."""
+        w = _per_class(self._buffers["weight"], x, shape)
+        v = _per_class(self._buffers["pos_weight"], x, shape)
         return F.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=v, reduction=reduction)
 
     def element_loss(self, b: Binary) -> Tensor:
-        return self._bce(b, "none")
+        return self._bce(b.logits, b.target, b.shape, "none")
 
-    def reduce_all(self, b: Binary) -> Tensor:
-        if self.reduction == "mean" and b.logits.numel():  # torch's mean: over all elements
-            return self._bce(b, "mean")
-        total = self._bce(b, "sum")
-        per_sample = b.logits.shape[1] if b.logits.ndim == 2 else 1
-        return total / per_sample if per_sample > 1 else total
+
+def _per_class(vec: Tensor, x: Tensor, shape: torch.Size) -> Tensor | None:
+    """A per-class vector broadcast over ``x``: logits of the input's ``shape`` or their
+    ``(N, P)`` flattening; None for an empty (unset) vector."""
+    if vec.numel() == 0:
+        return None
+    if x.shape == shape:
+        return per_class_view(vec.to(x.dtype), shape)
+    return per_class_factor(vec.to(x.dtype), shape, shape[0])
 
 
 def _require_classes(c: Categorical, minimum: int = 2) -> int:

@@ -376,6 +376,10 @@ def test_bce_matches_torch():
     close(ours("binary_cross_entropy", x, t, weight=w, pos_weight=v), ref.reshape(6, -1).mean(1))
     loss = build_loss("binary_cross_entropy")
     close(loss(x, t), F.binary_cross_entropy_with_logits(x, t))
+    # the fused reductions on the input's own layout, with the per-class vectors broadcast there
+    weighted = dict(weight=w, pos_weight=v)
+    close(build_loss("binary_cross_entropy", **weighted)(x, t), ref.mean())
+    close(build_loss("binary_cross_entropy", reduction="sum", **weighted)(x, t), ref.sum() / 6)
 
 
 # --------------------------------------------------------------------------- identities
