@@ -17,7 +17,17 @@ from torch import nn
 
 from ._checks import check_choice, closest
 
-FAMILIES = ("classification", "imbalance", "calibration", "dro", "distillation")
+FAMILIES = (
+    "classification",
+    "imbalance",
+    "calibration",
+    "dro",
+    "distillation",
+    "segmentation",
+    "topology",
+    "metric",
+    "diffusion",
+)
 
 
 @dataclass(frozen=True)
@@ -132,8 +142,11 @@ def render_reference() -> str:
         "do not edit by hand. The family pages next to this file explain the choices.",
     ]
     for family in FAMILIES:
+        names = list_losses(family)
+        if not names:
+            continue
         lines += ["", f"## {family}"]
-        for name in list_losses(family):
+        for name in names:
             info = loss_info(name)
             lines += ["", f"### `{name}`", "", info.summary, "", "```text", info.describe(), "```"]
     return "\n".join(lines) + "\n"

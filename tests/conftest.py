@@ -30,13 +30,29 @@ def ready_loss(name: str, num_classes: int = 5, **kwargs) -> torch.nn.Module:
     return loss
 
 
-def loss_context(name: str, epoch: int = 0, *, n: int = 8) -> dict:
-    """The call-time context a loss declares (what LossMixin would pass) for a batch of ``n``."""
+def loss_context(
+    name: str, epoch: int = 0, *, n: int = 8, like: torch.Tensor | None = None
+) -> dict:
+    """The call-time context a loss declares (what LossMixin would pass) for a batch of ``n``;
+    ``like`` is the input, whose layout the dense context entries follow. Each entry depends on
+    the sample's position only, so slicing the batch slices the context."""
+    declared = loss_info(name).context
     ctx = {}
-    if "epoch" in loss_info(name).context:
+    if "epoch" in declared:
         ctx["epoch"] = epoch
-    if "index" in loss_info(name).context:
+    if "index" in declared:
         ctx["index"] = torch.arange(n)
+    if "timesteps" in declared:
+        ctx["timesteps"] = (torch.arange(n) * 137 + 11) % 1000
+    if like is not None and ("skeleton" in declared or "distance" in declared):
+        spatial = like.shape[2:]
+        i = torch.arange(n, dtype=torch.float64).reshape(n, *[1] * len(spatial))
+        j = torch.arange(max(1, spatial.numel()), dtype=torch.float64).reshape(1, *spatial)
+        wave = torch.sin(1.3 * i + 0.7 * j)
+        if "skeleton" in declared:
+            ctx["skeleton"] = (wave > 0.3).to(torch.long)
+        if "distance" in declared:
+            ctx["distance"] = (3.0 * wave).to(like.dtype)
     return ctx
 
 
@@ -58,6 +74,10 @@ def loss_inputs(
         target = torch.randint(0, 2, (n, k, *dense), generator=g).to(dtype)
     elif kind == "index":
         target = torch.randint(0, k, (n, *dense), generator=g)
+    elif kind == "labels":  # embeddings (n, k) and identity labels; each identity twice
+        target = torch.arange(n) % max(1, (n + 1) // 2)
+    elif kind == "regression":  # a prediction and a real-valued target of its shape
+        target = (torch.randn(n, k, *dense, generator=g, dtype=torch.float64)).to(dtype)
     else:  # pragma: no cover - a new kind must teach the test helpers how to build it
         raise AssertionError(f"unknown target kind {kind!r} for {name}")
     return logits, target

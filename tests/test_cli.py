@@ -39,7 +39,7 @@ def test_unknown_name_suggests_close_names(capsys):
 
 def test_unknown_family_is_refused():
     with pytest.raises(SystemExit):
-        main(["list", "--family", "segmentation"])
+        main(["list", "--family", "segmentatoin"])
 
 
 def test_committed_reference_is_generated_from_the_docstrings():

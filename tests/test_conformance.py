@@ -25,8 +25,14 @@ from .conftest import ready_loss
 FAMILIES = registry.FAMILIES
 NAMES = list_losses()
 #: Input kinds besides logits, and the target kind of losses that do not read the target.
-INPUT_KINDS = ("logits", "features", "scores", "predictions")
-TARGET_KINDS = ("index", "multilabel", "none")
+INPUT_KINDS = ("logits", "features", "scores", "predictions", "embeddings")
+TARGET_KINDS = ("index", "multilabel", "none", "labels", "regression")
+#: The input kinds each family may declare.
+FAMILY_INPUTS = {
+    "distillation": INPUT_KINDS,
+    "metric": ("embeddings",),
+    "diffusion": ("predictions",),
+}
 #: Losses whose teacher keyword stacks several teachers first, (M, *input.shape).
 STACKED_TEACHERS = {"multi_teacher_kd": 3}
 
@@ -55,7 +61,7 @@ def teacher_like(like: torch.Tensor, offset: float) -> torch.Tensor:
 def loss_context(name: str, epoch: int = 0, *, n: int = 8, like: torch.Tensor) -> dict:
     """conftest's call context plus the teacher keywords (``teacher_keys``) of distillation
     losses, shaped like the student's ``like``."""
-    ctx = call_context(name, epoch, n=n)
+    ctx = call_context(name, epoch, n=n, like=like)
     info = loss_info(name)
     if "teacher" in info.context:
         m = STACKED_TEACHERS.get(name)
@@ -85,7 +91,7 @@ def test_metadata_and_docstring(name):
     assert info.paper.strip(), "every loss names its reference"
     assert ".. math::" in info.doc or ":math:" in info.doc, "the docstring must carry the formula"
     assert info.input in INPUT_KINDS and info.target in TARGET_KINDS
-    assert info.input == "logits" or info.family == "distillation"
+    assert info.input in FAMILY_INPUTS.get(info.family, ("logits",))
     assert info.target != "none" or "teacher" in info.context
     build_loss(name)  # every default constructs
 

@@ -30,7 +30,13 @@ from ._inputs import explain_categorical
 CALL_CONTEXT = {
     "epoch": "the current epoch (int), from trainer.current_epoch",
     "index": "dataset indices of the samples (N,), from the batch",
+    "skeleton": "ground-truth skeletons, the target's layout, from the batch's 'skeleton' entry",
+    "distance": "signed distance maps of the ground truth, from the batch's 'distance' entry",
+    "timesteps": "diffusion timesteps of the samples (N,), from the batch's 'timesteps' entry",
 }
+#: Call context read from a mapping batch under the token's own name (a data transform or the
+#: training step puts it there).
+BATCH_CONTEXT = ("skeleton", "distance", "timesteps")
 #: Context a loss receives once, before training, through a setter (kept in a buffer).
 SETUP_CONTEXT = {
     "counts": "class counts (K,), from the datamodule's `class_counts`",

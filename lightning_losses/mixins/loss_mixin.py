@@ -11,10 +11,11 @@
        observers get the detached per-sample terms              (LossObserver)
 
 The mixin also fills the context a loss declares (see ``Loss.context``): ``epoch`` from the
-trainer, ``index`` from the batch, and, once, class counts from the datamodule's
-``class_counts``. The loss is logged as ``{stage}/loss``, and every term as
-``{stage}/loss/{name}`` (epoch means) when there is more than one term or a callback weights
-the samples; a single unweighted term equals ``{stage}/loss`` and is not logged twice.
+trainer, ``index`` from the batch, ``skeleton``, ``distance`` and ``timesteps`` from the mapping
+batch's entries of those names, and, once, class counts from the datamodule's
+``class_counts``. The loss is logged as ``{stage}/loss``, and every term as ``{stage}/loss/{name}``
+(epoch means) when there is more than one term or a callback weights the samples; a single
+unweighted term equals ``{stage}/loss`` and is not logged twice.
 
 **Replaying a pass.** A callback that re-runs ``training_step`` on the same micro-batches
 (:class:`~lightning_losses.callbacks.sam.SAM`'s second pass at perturbed weights) must not let
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .._reduce import PerSample, reduce_loss
-from ..losses._base import ClassCountsLoss, Loss
+from ..losses._base import BATCH_CONTEXT, CALL_CONTEXT, ClassCountsLoss, Loss
 from .protocols import LossObserver, LossTerm, LossTermProvider, SampleWeighter
 
 CRITERION_ATTRS = ("criterion", "loss_fn")
@@ -66,6 +67,18 @@ def batch_indices(batch: Any, callbacks: Sequence[Any] = ()) -> Tensor:
         "this loss needs the dataset index of each sample (context 'index'), but none is "
         "available: give the batch an 'index' entry (a mapping batch), or train with a callback "
         f"that owns the training sampler (InfoBatch); got a {type(batch).__name__} batch."
+    )
+
+
+def batch_context(batch: Any, token: str) -> Any:
+    """The context ``token`` (``"skeleton"``, ``"timesteps"``, ...) from a mapping batch."""
+    if isinstance(batch, Mapping) and token in batch:
+        return batch[token]
+    raise ValueError(
+        f"this loss needs the context {token!r} ({CALL_CONTEXT[token]}), but the batch has no "
+        f"{token!r} entry: return a mapping batch with it from the dataset or a transform, or "
+        f"pass `batch={{..., {token!r}: ...}}` to compute_loss; got a {type(batch).__name__} "
+        "batch."
     )
 
 
@@ -329,6 +342,8 @@ class LossMixin:
                 context["index"] = batch_indices(
                     batch, self._pipeline_callbacks() if training else ()
                 )
+            elif token in BATCH_CONTEXT:
+                context[token] = batch_context(batch, token)
         return context
 
     def _give_class_counts(self, root: nn.Module) -> None:
