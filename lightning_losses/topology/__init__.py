@@ -1,0 +1,25 @@
+"""Topology: skeletons, Betti numbers and matchings, and the data transforms topology losses read.
+
+Pure PyTorch, NumPy and SciPy (no Lightning): the soft morphological skeleton of clDice and a
+pluggable :class:`Skeletonizer` interface (:mod:`.soft_skeleton`), Betti numbers and Betti
+matching of binary masks (:mod:`.persistence`), and the ground-truth skeleton and signed distance
+transforms (:mod:`.transforms`).
+"""
+
+from .soft_skeleton import (
+    Skeletonizer,
+    SoftSkeletonizer,
+    soft_dilate,
+    soft_erode,
+    soft_open,
+    soft_skeleton,
+)
+
+__all__ = [
+    "Skeletonizer",
+    "SoftSkeletonizer",
+    "soft_dilate",
+    "soft_erode",
+    "soft_open",
+    "soft_skeleton",
+]
