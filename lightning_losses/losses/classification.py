@@ -350,19 +350,24 @@ class BinaryLoss(Loss):
     paper="Lin et al., Focal Loss for Dense Object Detection, ICCV 2017",
 )
 class BinaryFocalLoss(BinaryLoss):
-    r"""Sigmoid focal loss for binary and multi-label targets.
+    r"""Sigmoid focal loss for binary and multi-label targets, hard or soft.
 
-    With :math:`p = \sigma(x)`, :math:`p_t = p` where :math:`t = 1` and :math:`1 - p` where
-    :math:`t = 0`, and :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)`:
+    With :math:`p = \sigma(x)` and a target :math:`t \in [0, 1]`, the loss is the focal loss
+    of the paper averaged over a label :math:`y \sim \mathrm{Bernoulli}(t)`:
 
     .. math::
-        \ell = -\alpha_t (1 - p_t)^\gamma \log p_t,\qquad
-        (1-p_t)^\gamma = \exp\big(\gamma\, \mathrm{logsigmoid}(-x(2t-1))\big)
+        \ell = -\alpha\, t\, (1 - p)^\gamma \log p
+                - (1 - \alpha)(1 - t)\, p^\gamma \log(1 - p),
 
-    The modulating factor is computed in log space (never as a power of a clamped
-    probability), and :math:`-\log p_t` is ``binary_cross_entropy_with_logits``. The per-sample
-    value is the mean over the sample's elements (so ``"mean"`` equals torchvision's
-    ``sigmoid_focal_loss(..., reduction="mean")``).
+    with :math:`\log p = \mathrm{logsigmoid}(x)`, :math:`\log(1-p) = \mathrm{logsigmoid}(-x)`
+    and the modulating factors :math:`\exp(\gamma \log p)`, :math:`\exp(\gamma\log(1-p))`
+    computed in log space (never as a power of a clamped probability). For :math:`t \in
+    \{0, 1\}` this is the paper's :math:`-\alpha_t (1 - p_t)^\gamma \log p_t` and equals
+    torchvision's ``sigmoid_focal_loss``; for soft targets it equals kornia's
+    ``binary_focal_loss_with_logits``, while torchvision's multiplies the soft-target
+    cross-entropy by :math:`(1 - p_t)^\gamma` with :math:`p_t = pt + (1-p)(1-t)`, which is not
+    an expectation over labels. ``alpha=None`` drops the :math:`\alpha` factors (both terms
+    weighted 1). The per-sample value is the mean over the sample's elements.
 
     Args:
         gamma: :math:`\gamma \ge 0`; 2 (paper).
@@ -394,13 +399,20 @@ class BinaryFocalLoss(BinaryLoss):
 
     def element_loss(self, b: Binary) -> Tensor:
         x, t = b.logits, b.target
-        loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+        if self.gamma == 0 and self.alpha is None:
+            return self._weighted(F.binary_cross_entropy_with_logits(x, t, reduction="none"), b)
+        # log(1 - p) by its own kernel: log_p - x loses all digits where p is tiny
+        log_p, log_q = F.logsigmoid(x), F.logsigmoid(-x)
+        pos, neg = t * log_p, (1 - t) * log_q
         if self.gamma > 0:
-            # -x (2t - 1) = x (1 - 2t)
-            loss = torch.exp(self.gamma * F.logsigmoid(x * (1 - 2 * t))) * loss
+            pos = torch.exp(self.gamma * log_q) * pos
+            neg = torch.exp(self.gamma * log_p) * neg
         if self.alpha is not None:
-            # alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t
-            loss = ((2 * self.alpha - 1) * t + (1 - self.alpha)) * loss
+            pos, neg = self.alpha * pos, (1 - self.alpha) * neg
+        return self._weighted(-(pos + neg), b)
+
+    def _weighted(self, loss: Tensor, b: Binary) -> Tensor:
+        x = b.logits
         if self.weight.numel():
             loss = loss * per_class_factor(self.weight.to(x.dtype), b.shape, x.shape[0])
         return loss

@@ -215,10 +215,15 @@ def r_bce_elem(x, t, w=1.0, v=1.0):
 
 
 def r_binary_focal_elem(x, t, gamma=2.0, alpha=0.25):
-    p = 1 / (1 + math.exp(-x))
-    pt = p if t == 1 else 1 - p
-    at = alpha if t == 1 else 1 - alpha
-    return -at * (1 - pt) ** gamma * math.log(pt)
+    """The paper's focal loss at a hard label, averaged over y ~ Bernoulli(t)."""
+
+    def hard(y):
+        p = 1 / (1 + math.exp(-x))
+        pt = p if y == 1 else 1 - p
+        at = 1.0 if alpha is None else (alpha if y == 1 else 1 - alpha)
+        return -at * (1 - pt) ** gamma * math.log(pt)
+
+    return t * hard(1) + (1 - t) * hard(0)
 
 
 def r_gumbel_elem(x, t):
@@ -364,6 +369,35 @@ def test_binary_focal_matches_torchvision(gamma, alpha):
     x, t = binary_inputs((6, 3, 2), seed=12)
     ref = ops.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma, reduction="none")
     close(ours("binary_focal", x, t, gamma=gamma, alpha=alpha), ref.reshape(6, -1).mean(1))
+
+
+@pytest.mark.parametrize(("gamma", "alpha"), [(2.0, 0.25), (0.0, 0.5), (1.5, None), (0.0, None)])
+def test_binary_focal_soft_targets_are_the_expectation_over_labels(gamma, alpha):
+    """Soft targets: the focal loss averaged over y ~ Bernoulli(t), as kornia defines it (the
+    float64 loop and kornia agree); torchvision's soft-target form differs (shown)."""
+    kornia = pytest.importorskip("kornia")
+    ops = pytest.importorskip("torchvision.ops")
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(6, 3, 2, generator=g, dtype=torch.float64) * 3
+    t = torch.rand(6, 3, 2, generator=g, dtype=torch.float64)
+    got = ours("binary_focal", x, t, gamma=gamma, alpha=alpha)
+    loop = naive_binary(lambda a, b: r_binary_focal_elem(a, b, gamma, alpha), x, t)
+    close(got, loop)
+    ref = kornia.losses.binary_focal_loss_with_logits(
+        x, t, alpha=alpha, gamma=gamma, reduction="none"
+    )
+    close(got, ref.reshape(6, -1).mean(1))
+    # gradients agree with kornia's too
+    xg = x.clone().requires_grad_(True)
+    xk = x.clone().requires_grad_(True)
+    ours("binary_focal", xg, t, gamma=gamma, alpha=alpha).sum().backward()
+    kornia.losses.binary_focal_loss_with_logits(
+        xk, t, alpha=alpha, gamma=gamma, reduction="none"
+    ).reshape(6, -1).mean(1).sum().backward()
+    close(xg.grad, xk.grad)
+    if gamma > 0:
+        tv = ops.sigmoid_focal_loss(x, t, alpha=-1 if alpha is None else alpha, gamma=gamma)
+        assert not torch.allclose(got, tv.reshape(6, -1).mean(1))
 
 
 def test_bce_matches_torch():
