@@ -1,5 +1,6 @@
 """Loss families. Importing this package registers every loss."""
 
+from . import metric  # noqa: F401  (registers the metric-learning family)
 from ._base import ClassCountsLoss, Loss
 from .calibration import CorrectnessAwareLoss, DCALoss, MDCALoss
 from .classification import (
