@@ -6,6 +6,12 @@ matching of binary masks (:mod:`.persistence`), and the ground-truth skeleton an
 transforms (:mod:`.transforms`).
 """
 
+from .persistence import (
+    betti_matching_error,
+    betti_number_error,
+    betti_numbers,
+    euler_characteristic,
+)
 from .soft_skeleton import (
     Skeletonizer,
     SoftSkeletonizer,
@@ -18,6 +24,10 @@ from .soft_skeleton import (
 __all__ = [
     "Skeletonizer",
     "SoftSkeletonizer",
+    "betti_matching_error",
+    "betti_number_error",
+    "betti_numbers",
+    "euler_characteristic",
     "soft_dilate",
     "soft_erode",
     "soft_open",
