@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
 import torch
+import torch.distributed as dist
 from hypothesis import settings
 
 from lightning_losses import build_loss, loss_info
@@ -20,9 +22,31 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+#: Required constructor arguments that the suite's inputs determine: a loss that owns a class
+#: weight matrix (ArcFace, CosFace) needs its sizes, and the suite's embeddings have ``k``
+#: columns and class indices in ``[0, k)``.
+SIZE_ARGUMENTS = ("num_classes", "embedding_dim")
+
+
+def required_args(name: str, num_classes: int = 5) -> dict:
+    """Values for the constructor arguments of ``name`` that have no default."""
+    required = [k for k, v in loss_info(name).defaults().items() if v is inspect.Parameter.empty]
+    return {k: num_classes for k in required if k in SIZE_ARGUMENTS}
+
+
 def ready_loss(name: str, num_classes: int = 5, **kwargs) -> torch.nn.Module:
-    """``build_loss(name, **kwargs)`` with class counts given to every loss that needs them."""
-    loss = build_loss(name, **kwargs)
+    """``build_loss(name, **kwargs)`` with class counts given to every loss that needs them.
+
+    A loss with required sizes gets them (:func:`required_args`) and is built under a fixed
+    seed, so two builds own the same initial parameters (the suite compares separate builds).
+    """
+    sizes = required_args(name, num_classes)
+    if sizes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            loss = build_loss(name, **{**sizes, **kwargs})
+    else:
+        loss = build_loss(name, **kwargs)
     counts = torch.arange(num_classes, 0, -1, dtype=torch.float32) * 10  # long-tailed
     for module in loss.modules():
         if isinstance(module, ClassCountsLoss) and not module.has_class_counts:
@@ -81,6 +105,42 @@ def loss_inputs(
     else:  # pragma: no cover - a new kind must teach the test helpers how to build it
         raise AssertionError(f"unknown target kind {kind!r} for {name}")
     return logits, target
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.ddp`` tests spawn gloo processes: skipped where gloo is missing."""
+    if dist.is_available() and dist.is_gloo_available():
+        return
+    skip = pytest.mark.skip(reason="needs the gloo backend (torch.distributed)")
+    for item in items:
+        if "ddp" in item.keywords:
+            item.add_marker(skip)
+
+
+#: Skip reasons that mean a declared test dependency is missing, not a property of the machine.
+MISSING_DEPENDENCY = ("could not import", "needs the gloo backend")
+
+
+def _fail_missing_dependency_under_ci(report):
+    if os.environ.get("CI") and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if any(marker in reason for marker in MISSING_DEPENDENCY):
+            report.outcome = "failed"
+            report.longrepr = f"skipped under CI for a missing dependency: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI a test skipped for a missing declared dependency (an ``importorskip`` of a
+    package in the dev group, or gloo) fails: a green run cannot hide an uninstalled reference."""
+    return _fail_missing_dependency_under_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module-level ``importorskip``, which skips the whole file at collection."""
+    return _fail_missing_dependency_under_ci((yield))
 
 
 @pytest.fixture

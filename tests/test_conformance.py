@@ -20,7 +20,7 @@ from lightning_losses.losses import ClassCountsLoss, Loss
 
 from .conftest import loss_context as call_context
 from .conftest import loss_inputs as label_inputs
-from .conftest import ready_loss
+from .conftest import ready_loss, required_args
 
 FAMILIES = registry.FAMILIES
 NAMES = list_losses()
@@ -93,7 +93,7 @@ def test_metadata_and_docstring(name):
     assert info.input in INPUT_KINDS and info.target in TARGET_KINDS
     assert info.input in FAMILY_INPUTS.get(info.family, ("logits",))
     assert info.target != "none" or "teacher" in info.context
-    build_loss(name)  # every default constructs
+    build_loss(name, **required_args(name))  # every default constructs (sizes aside)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -198,7 +198,7 @@ def test_state_moves_and_round_trips(name):
     x, y = loss_inputs(name, n=5, k=5, dtype=torch.float64)
     ctx = loss_context(name, n=5, like=x)
     loss = ready_loss(name).double()
-    fresh = build_loss(name).double()
+    fresh = build_loss(name, **required_args(name)).double()
     fresh.load_state_dict(loss.state_dict())
     torch.testing.assert_close(fresh(x, y, **ctx), loss(x, y, **ctx))
 
@@ -255,7 +255,7 @@ def test_unknown_option_and_bad_reduction(name):
     with pytest.raises(TypeError, match="unknown option"):
         build_loss(name, not_an_option=1)
     with pytest.raises(ValueError, match="reduction"):
-        build_loss(name, reduction="average")
+        build_loss(name, reduction="average", **required_args(name))
 
 
 @pytest.mark.parametrize(
