@@ -56,7 +56,7 @@ value 5) after ``gc.collect()`` and glibc ``malloc_trim(0)``, and read after the
 everything the process touches (allocator slack included), so read small differences (a few
 MB) as equal.
 
-Run (reference packages: ``uv sync --group bench``)::
+Run (the reference packages are in the ``dev`` dependency group)::
 
     .venv/bin/python benchmarks/landscape_vs_pyhessian.py [--device cuda] [--models cnn,mlp] \
         [--width 32] [--probe-batches 4] [--batch-size 128] [--iters 100] [--grid 21] \
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     if loss_landscapes is None:
         missing.append(f"loss-landscapes ({LOSS_LANDSCAPES_ERROR})")
     for m in missing:
-        print(f"skipping the comparison with {m}; install with `uv sync --group bench`")
+        print(f"skipping the comparison with {m}; install the `dev` dependency group (`uv sync`)")
 
     x, y = digits(device)
     batches = probe_set(args, x, y)

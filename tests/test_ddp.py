@@ -12,13 +12,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_losses import LossMixin, build_loss
 
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+pytestmark = pytest.mark.ddp
 
 N, D, K, B = 32, 5, 3, 4
 

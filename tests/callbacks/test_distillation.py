@@ -8,7 +8,6 @@ import lightning as L
 import pytest
 import timm
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
@@ -603,7 +602,7 @@ def _ddp_train(devices: int, batch_size: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_match_one_process_with_the_same_global_batch():
     single = _ddp_train(devices=1, batch_size=2 * B)
     ddp = _ddp_train(devices=2, batch_size=B)

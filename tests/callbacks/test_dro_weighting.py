@@ -5,7 +5,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -197,7 +196,7 @@ def _uniform_run(batch_size: int) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single = _ddp_run(tmp_path, devices=1, batch_size=2 * B)
     ddp = _ddp_run(tmp_path, devices=2, batch_size=B)

@@ -13,7 +13,6 @@ import math
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
@@ -274,7 +273,7 @@ def _ddp_run(tmp_path, devices: int, batch_size: int) -> tuple[torch.Tensor, dic
     return ckpt["callbacks"][cb.state_key], ckpt["state_dict"]
 
 
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single_state, single_weights = _ddp_run(tmp_path, devices=1, batch_size=2 * B)
     ddp_state, ddp_weights = _ddp_run(tmp_path, devices=2, batch_size=B)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
@@ -305,7 +304,7 @@ def _ddp_fit(tmp_path, devices: int, batch_size: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one = _ddp_fit(tmp_path, devices=1, batch_size=8)
     two = _ddp_fit(tmp_path, devices=2, batch_size=4)

@@ -13,7 +13,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
@@ -317,7 +316,7 @@ def test_tensorboard_event_file_holds_the_figures(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_ddp_runs_on_rank_zero_only(tmp_path, capfd):
     # 2 processes (gloo): rank 1 waits at the barrier and logs the broadcast scalars; the
     # periodic runs and the skipped end-of-training run neither hang nor run twice.

@@ -7,7 +7,6 @@ import math
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -264,7 +263,7 @@ def _ddp_run(devices: int, batch_size: int, callbacks: list) -> dict[str, torch.
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_train_to_the_weights_of_one_process_with_the_joint_batch():
     # A pool's draw depends on (seed, epoch, batch index, pool id, position), not on the rank
     # or the other pools, so the selection, and with it every update, is the same.

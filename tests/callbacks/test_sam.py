@@ -12,7 +12,6 @@ import math
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
@@ -391,7 +390,7 @@ def _train_ddp(devices: int, batch_size: int, accumulate: int = 1) -> dict[str, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_two_processes_match_one_process_with_the_same_global_batch():
     # Round-robin: the two ranks' two micro-batches of 2 are exactly the single batch of 8, and
     # the second pass then runs one micro-batch under no_sync and all-reduces in the other.

@@ -338,7 +338,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
 
 
 @pytest.mark.slow  # spawn: each rank imports the library afresh (fork can deadlock in OpenMP)
-@pytest.mark.skipif(not dist.is_gloo_available(), reason="needs the gloo backend")
+@pytest.mark.ddp
 def test_ddp_ranks_hold_the_table_of_one_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     tables = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -176,7 +176,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
+@pytest.mark.ddp
 def test_two_gloo_processes_end_with_the_single_process_store(tmp_path):
     world = 2
     mp.spawn(
