@@ -1,6 +1,7 @@
 """Loss families. Importing this package registers every loss."""
 
 from . import metric  # noqa: F401  (registers the metric-learning family)
+from . import segmentation  # noqa: F401  (registers the segmentation family)
 from ._base import ClassCountsLoss, Loss
 from .calibration import CorrectnessAwareLoss, DCALoss, MDCALoss
 from .classification import (
