@@ -20,14 +20,18 @@ from .soft_skeleton import (
     soft_open,
     soft_skeleton,
 )
+from .transforms import DistanceTransform, SkeletonTransform, signed_distance
 
 __all__ = [
+    "DistanceTransform",
+    "SkeletonTransform",
     "Skeletonizer",
     "SoftSkeletonizer",
     "betti_matching_error",
     "betti_number_error",
     "betti_numbers",
     "euler_characteristic",
+    "signed_distance",
     "soft_dilate",
     "soft_erode",
     "soft_open",
