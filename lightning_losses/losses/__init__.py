@@ -1,5 +1,6 @@
 """Loss families. Importing this package registers every loss."""
 
+from . import diffusion  # noqa: F401  (registers the diffusion family)
 from . import metric  # noqa: F401  (registers the metric-learning family)
 from . import segmentation  # noqa: F401  (registers the segmentation family)
 from ._base import ClassCountsLoss, Loss
