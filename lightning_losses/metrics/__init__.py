@@ -1,5 +1,6 @@
 """torchmetrics metrics the library adds."""
 
 from .group_accuracy import GroupAccuracy
+from .topology import BettiMatchingError, BettiNumberError, ClDiceScore
 
-__all__ = ["GroupAccuracy"]
+__all__ = ["BettiMatchingError", "BettiNumberError", "ClDiceScore", "GroupAccuracy"]
