@@ -8,19 +8,27 @@ from ._dense import (
     DenseLoss,
     RegionLoss,
     RegionSums,
+    SmoothedRegionLoss,
     prepare_dense,
     region_sums,
     soft_tp_fp_fn,
 )
 from .dice import DiceLoss, GeneralizedDiceLoss, generalized_dice_weights
+from .jaccard import JaccardLoss, JaccardMetricLoss
+from .tversky import FocalTverskyLoss, TverskyLoss
 
 __all__ = [
     "DenseInput",
     "DenseLoss",
     "DiceLoss",
+    "FocalTverskyLoss",
     "GeneralizedDiceLoss",
+    "JaccardLoss",
+    "JaccardMetricLoss",
     "RegionLoss",
     "RegionSums",
+    "SmoothedRegionLoss",
+    "TverskyLoss",
     "generalized_dice_weights",
     "prepare_dense",
     "region_sums",

@@ -74,7 +74,14 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from ..._checks import check_choice, check_finite, check_float, check_on_device, check_tensor
+from ..._checks import (
+    check_choice,
+    check_finite,
+    check_float,
+    check_on_device,
+    check_positive,
+    check_tensor,
+)
 from ..._reduce import PerSample
 from .._base import Loss
 from .._inputs import _bad_labels, _label_message, explain_categorical, upcast
@@ -436,3 +443,49 @@ class RegionLoss(DenseLoss):
         d = self.prepare(input, target)
         s = self.sums(d, difference=self.uses_difference())
         return self.mean_over_classes(d, self.class_loss(s), s.present)
+
+
+class SmoothedRegionLoss(RegionLoss):
+    """A region loss with MONAI's separate smoothing terms :math:`s_{nr}`, :math:`s_{dr}` and,
+    with ``soft_label=True``, the L1 form of the counts (:func:`soft_tp_fp_fn`)."""
+
+    def __init__(
+        self,
+        *,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        soft_label: bool = False,
+        mode: str = "multiclass",
+        from_logits: bool = True,
+        include_background: bool = True,
+        ignore_index: int | None = None,
+        reduce_over: str = "image",
+        empty_target: str = "keep",
+        reduction: str = "mean",
+        validate_args: bool = False,
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            from_logits=from_logits,
+            include_background=include_background,
+            ignore_index=ignore_index,
+            reduce_over=reduce_over,
+            empty_target=empty_target,
+            reduction=reduction,
+            validate_args=validate_args,
+        )
+        self.smooth_nr = check_positive(smooth_nr, "smooth_nr", allow_zero=True)
+        self.smooth_dr = check_positive(smooth_dr, "smooth_dr", allow_zero=True)
+        self.soft_label = bool(soft_label)
+
+    def uses_difference(self) -> bool:
+        return self.soft_label or self.needs_difference
+
+
+#: Floor of a score before its ``-log`` (smp's ``eps``): the log form stays finite at score 0.
+LOG_FLOOR = 1e-7
+
+
+def overlap_loss(score: Tensor, log_loss: bool) -> Tensor:
+    """``1 - score``, or ``-log(score)`` with the score floored at :data:`LOG_FLOOR`."""
+    return -torch.log(score.clamp_min(LOG_FLOOR)) if log_loss else 1.0 - score

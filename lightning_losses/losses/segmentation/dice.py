@@ -7,54 +7,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..._checks import check_positive
 from ..._reduce import PerSample
 from ...registry import register_loss
-from ._dense import DenseLoss, RegionLoss, RegionSums, safe_ratio, tp_fp_fn
-
-#: Floor of a score before its ``-log`` (smp's ``eps``): the log form stays finite at score 0.
-LOG_FLOOR = 1e-7
-
-
-def overlap_loss(score: Tensor, log_loss: bool) -> Tensor:
-    """``1 - score``, or ``-log(score)`` with the score floored at :data:`LOG_FLOOR`."""
-    return -torch.log(score.clamp_min(LOG_FLOOR)) if log_loss else 1.0 - score
-
-
-class SmoothedRegionLoss(RegionLoss):
-    """A region loss with the separate smoothing terms of MONAI and the L1 soft-label option."""
-
-    def __init__(
-        self,
-        *,
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        soft_label: bool = False,
-        mode: str = "multiclass",
-        from_logits: bool = True,
-        include_background: bool = True,
-        ignore_index: int | None = None,
-        reduce_over: str = "image",
-        empty_target: str = "keep",
-        reduction: str = "mean",
-        validate_args: bool = False,
-    ) -> None:
-        super().__init__(
-            mode=mode,
-            from_logits=from_logits,
-            include_background=include_background,
-            ignore_index=ignore_index,
-            reduce_over=reduce_over,
-            empty_target=empty_target,
-            reduction=reduction,
-            validate_args=validate_args,
-        )
-        self.smooth_nr = check_positive(smooth_nr, "smooth_nr", allow_zero=True)
-        self.smooth_dr = check_positive(smooth_dr, "smooth_dr", allow_zero=True)
-        self.soft_label = bool(soft_label)
-
-    def uses_difference(self) -> bool:
-        return self.soft_label
+from ._dense import (
+    RegionSums,
+    SmoothedRegionLoss,
+    overlap_loss,
+    safe_ratio,
+    tp_fp_fn,
+)
 
 
 @register_loss(
@@ -171,7 +132,7 @@ def generalized_dice_weights(target_sum: Tensor, present: Tensor, empty_target: 
     paper="Sudre et al., Generalised Dice overlap as a deep learning loss function for highly "
     "unbalanced segmentations, DLMIA 2017",
 )
-class GeneralizedDiceLoss(DenseLoss):
+class GeneralizedDiceLoss(SmoothedRegionLoss):
     r"""Generalized Dice loss: Dice with inverse squared volume class weights.
 
     With :math:`G_c = \sum_i g_{ic}` and :math:`w_c = 1/G_c^2` per image (per batch with
@@ -205,35 +166,6 @@ class GeneralizedDiceLoss(DenseLoss):
     """
 
     empty_target_choices: ClassVar[tuple[str, ...]] = ("keep", "skip")
-
-    def __init__(
-        self,
-        *,
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        soft_label: bool = False,
-        mode: str = "multiclass",
-        from_logits: bool = True,
-        include_background: bool = True,
-        ignore_index: int | None = None,
-        reduce_over: str = "image",
-        empty_target: str = "keep",
-        reduction: str = "mean",
-        validate_args: bool = False,
-    ) -> None:
-        super().__init__(
-            mode=mode,
-            from_logits=from_logits,
-            include_background=include_background,
-            ignore_index=ignore_index,
-            reduce_over=reduce_over,
-            empty_target=empty_target,
-            reduction=reduction,
-            validate_args=validate_args,
-        )
-        self.smooth_nr = check_positive(smooth_nr, "smooth_nr", allow_zero=True)
-        self.smooth_dr = check_positive(smooth_dr, "smooth_dr", allow_zero=True)
-        self.soft_label = bool(soft_label)
 
     def per_sample(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
         d = self.prepare(input, target)
