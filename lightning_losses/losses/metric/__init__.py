@@ -4,6 +4,7 @@ Importing this package registers them (family ``"metric"``).
 """
 
 from ._pairs import PairLoss, gather_references
+from .center import CenterLoss
 from .circle import CircleLoss
 from .contrastive import AlignUniformLoss, NTXentLoss, SupConLoss
 from .margin_softmax import ArcFaceLoss, CosFaceLoss, MarginSoftmaxLoss
@@ -12,6 +13,7 @@ from .triplet import TripletLoss
 __all__ = [
     "AlignUniformLoss",
     "ArcFaceLoss",
+    "CenterLoss",
     "CircleLoss",
     "CosFaceLoss",
     "MarginSoftmaxLoss",

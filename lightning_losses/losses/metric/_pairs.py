@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import check_choice, check_finite, check_tensor
+from ..._checks import check_choice, check_finite, check_on_device, check_tensor
 from ..._reduce import PerSample
 from .._base import Loss
 from .._inputs import upcast
@@ -71,6 +71,34 @@ def check_embeddings(
         )
     if validate_args:
         check_finite(input, "input")
+
+
+def _class_label_message(target: Tensor, num_classes: int) -> str:
+    k = num_classes
+    bad = sorted(set(target[(target < 0) | (target >= k)].tolist()))[:5]
+    return f"`target` holds labels outside [0, {k - 1}] (`num_classes`={k}): {bad}."
+
+
+def check_class_labels(target: Tensor, num_classes: int) -> None:
+    """Class indices in ``[0, num_classes)``, checked on the device (``validate_args``)."""
+    k = num_classes
+    check_on_device(
+        ((target >= 0) & (target < k)).all(),
+        f"`target` holds labels outside [0, {k - 1}] (`num_classes`={k}).",
+        lambda: _class_label_message(target, k),
+    )
+
+
+def explain_class_labels(target: Tensor, num_classes: int) -> None:
+    """After a kernel raised (error path, may read values): name the labels outside
+    ``[0, num_classes)``, if any."""
+    if (
+        isinstance(target, Tensor)
+        and not target.is_floating_point()
+        and target.ndim == 1
+        and bool(((target < 0) | (target >= num_classes)).any())
+    ):
+        raise ValueError(_class_label_message(target, num_classes))
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -341,11 +369,13 @@ __all__ = [
     "DISTANCES",
     "PairLoss",
     "Pairs",
+    "check_class_labels",
     "check_distance",
     "check_embeddings",
     "cosine_similarity_matrix",
     "distance_matrix",
     "distributed_world",
+    "explain_class_labels",
     "gather_references",
     "label_masks",
     "log_zero",

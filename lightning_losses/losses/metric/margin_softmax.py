@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._checks import check_int, check_on_device, check_positive, check_range
+from ..._checks import check_int, check_positive, check_range
 from ..._reduce import PerSample
 from ...registry import register_loss
 from .._base import Loss
 from .._inputs import compute_dtype
-from ._pairs import check_embeddings
+from ._pairs import check_class_labels, check_embeddings, explain_class_labels
 
 
 class MarginSoftmaxLoss(Loss):
@@ -74,12 +74,7 @@ class MarginSoftmaxLoss(Loss):
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         check_embeddings(input, target, dim=self.embedding_dim, validate_args=self.validate_args)
         if self.validate_args:
-            k = self.num_classes
-            check_on_device(
-                ((target >= 0) & (target < k)).all(),
-                f"`target` holds labels outside [0, {k - 1}] (`num_classes`={k}).",
-                lambda: self._label_message(target),
-            )
+            check_class_labels(target, self.num_classes)
         cos = self.cosine(input)
         index = target[:, None]
         cos_y = cos.gather(1, index).squeeze(1)  # range-checked by the kernel
@@ -88,18 +83,7 @@ class MarginSoftmaxLoss(Loss):
 
     def explain_error(self, input: Tensor, target: Tensor) -> None:
         """After a kernel raised: name the labels outside ``[0, num_classes)``, if any."""
-        if (
-            isinstance(target, Tensor)
-            and not target.is_floating_point()
-            and target.ndim == 1
-            and bool(((target < 0) | (target >= self.num_classes)).any())
-        ):
-            raise ValueError(self._label_message(target))
-
-    def _label_message(self, target: Tensor) -> str:
-        k = self.num_classes
-        bad = sorted(set(target[(target < 0) | (target >= k)].tolist()))[:5]
-        return f"`target` holds labels outside [0, {k - 1}] (`num_classes`={k}): {bad}."
+        explain_class_labels(target, self.num_classes)
 
     def extra_repr(self) -> str:
         return (

@@ -1,5 +1,5 @@
-"""Cross-rank references (``gather_across_ranks=True``): 2 gloo processes on CPU equal 1 process
-on the joint batch.
+"""Cross-rank references (``gather_across_ranks=True``) and the center loss's synchronised centre
+update: 2 gloo processes on CPU equal 1 process on the joint batch.
 
 Each rank holds half of a batch whose identities are split across the ranks. With the gather,
 rank r's loss is the mean over its anchors against all 16 references, so the mean of the two
@@ -43,6 +43,14 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _center_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Centres after one moving-average update of a center loss (seeded initial centres)."""
+    torch.manual_seed(0)
+    loss = build_loss("center", num_classes=7, embedding_dim=5, update="moving_average").double()
+    loss(x, y)
+    return loss.centers.clone()
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
@@ -55,6 +63,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             value = loss(local, y[rows])
             value.backward()
             results[case] = (value.detach(), local.grad, loss.last_invalid_anchors.clone())
+        results["center_update"] = _center_step(x[rows], y[rows])
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -90,3 +99,12 @@ def test_without_the_gather_each_rank_sees_only_its_half():
     per_rank = [loss(x[r * 8 : (r + 1) * 8], y[r * 8 : (r + 1) * 8]) for r in range(WORLD)]
     assert int(loss.last_invalid_anchors) >= 1
     assert not torch.allclose(torch.stack(per_rank).mean(), loss(x, y))
+
+
+def test_center_loss_moving_average_is_synchronised(rank_results):
+    """Each rank's update all-reduces the class sums and counts: both ranks hold the centres
+    of one update on the joint batch."""
+    x, y = _batch()
+    expected = _center_step(x, y)
+    for r in range(WORLD):
+        torch.testing.assert_close(rank_results[r]["center_update"], expected)
