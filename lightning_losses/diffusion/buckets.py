@@ -1,12 +1,17 @@
-"""The diffusion loss per timestep bucket, so a user sees where a weighting moves the loss.
+r"""The diffusion loss per timestep bucket, so a user sees where a weighting moves the loss.
 
 The T timesteps of a schedule are cut into B equal buckets (bucket b holds
-:math:`\\lfloor bT/B \\rfloor \\le t < \\lfloor (b+1)T/B \\rfloor`, the last one absorbing the
+:math:`\lfloor bT/B \rfloor \le t < \lfloor (b+1)T/B \rfloor`, the last one absorbing the
 remainder). :func:`bucket_sums` returns, per bucket, the sum of the per-sample losses and the
 number of samples, as tensors on the loss's device (a ``scatter_add``; no host read, unlike
 ``bincount``). :class:`TimestepBucketLoss` accumulates them over an epoch (and across processes,
 as a torchmetrics ``Metric``) and gives the per-bucket mean, ready to log as
 ``train/loss_t{b}``.
+
+The timesteps are integer indices into a schedule ordered by increasing noise (DDPM's). For a
+continuous σ schedule (EDM), compute integer bucket ids yourself (say, from quantiles of
+:math:`\log\sigma`) and pass them as the timesteps with ``num_timesteps`` equal to the number of
+buckets.
 
 Example (in a ``LightningModule``):
 
