@@ -43,12 +43,37 @@ def test_fit_then_test_writes_the_report(tmp_path):
     assert set(report["metrics"]) >= {"accuracy", "macro_f1", "ece", "mce", "nll", "brier"}
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
     # post-hoc temperature scaling, fitted on the validation split, reported next to the raw
+    # figures and the validation NLL it was fitted on
+    assert report["temperature_scaling"]["status"] == "fitted"
     assert report["metrics"]["temperature"] > 0
     assert {"ece_temperature_scaled", "nll_temperature_scaled"} <= set(report["metrics"])
+    assert report["metrics"]["val_nll_after_scaling"] < report["metrics"]["val_nll_before_scaling"]
     png = run_dir / "test_reliability.png"
     assert png.stat().st_size > 0 and Image.open(png).size[0] > 100
     assert (run_dir / "val_metrics.json").exists()
     assert cli.model.net.num_classes == 10  # linked from the datamodule
+
+
+def test_a_perfectly_separated_validation_split_skips_temperature_scaling(tmp_path, caplog):
+    """Validation labels equal to the model's own predictions: no finite temperature minimises
+    their NLL. The report says scaling was skipped and shows no post-scaling figures."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cli, run_dir = _run(tmp_path)
+    model, datamodule = cli.model, cli.datamodule
+    x = torch.cat([batch[0] for batch in datamodule.val_dataloader()])
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    datamodule.val_dataloader = lambda: DataLoader(TensorDataset(x, y), batch_size=64)
+    with caplog.at_level("INFO"):
+        cli.trainer.test(model, datamodule=datamodule)
+    report = json.loads((run_dir / "test_metrics.json").read_text())
+    note = report["temperature_scaling"]
+    assert note["status"].startswith("skipped") and note["temperature"] == 1.0
+    assert not any(key.endswith("_temperature_scaled") for key in report["metrics"])
+    assert "temperature" not in report["metrics"]
+    assert "temperature scaling skipped" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -21,15 +21,22 @@ or a per-sample temperature trained with the correctness-aware loss::
 from .correctness import CorrectnessAwareCalibrator, augmentation_views
 from .plots import plot_reliability_diagram
 from .report import CalibrationReport, adaptive_calibration_error, reliability_bins
-from .temperature import TemperatureScaler, fit_temperature
+from .temperature import (
+    TemperatureFit,
+    TemperatureScaler,
+    fit_temperature,
+    fit_temperature_checked,
+)
 
 __all__ = [
     "CalibrationReport",
     "CorrectnessAwareCalibrator",
+    "TemperatureFit",
     "TemperatureScaler",
     "adaptive_calibration_error",
     "augmentation_views",
     "fit_temperature",
+    "fit_temperature_checked",
     "plot_reliability_diagram",
     "reliability_bins",
 ]

@@ -65,7 +65,9 @@ class ClassificationModule(LossMixin, L.LightningModule):
         n_bins: calibration bins for ECE and the reliability diagram (15, Guo et al. 2017).
         temperature_scaling: before testing, fit a temperature on the validation split (Guo et
             al. 2017) and report the test calibration after scaling too (``*_temperature_scaled``
-            keys; accuracy does not change).
+            keys next to the validation NLL before and after; accuracy does not change). When
+            the validation split gives no signal (all correct, or the optimum out of bounds) the
+            temperature stays 1, the report says why and shows no post-scaling figures.
         num_groups: when batches are ``(image, label, group)``, also report accuracy per group,
             the worst group's and their mean (``worst_group_accuracy``, ``mean_group_accuracy``).
     """
@@ -162,9 +164,14 @@ class ClassificationModule(LossMixin, L.LightningModule):
             getattr(self, f"{stage}_groups").reset()
         if stage == "test" and self.hparams.temperature_scaling:
             scaled = self.test_calibration_scaled.compute()
-            metrics["temperature"] = float(self.temperature.temperature)
-            for key in ("ece", "nll", "brier"):
-                metrics[f"{key}_temperature_scaled"] = float(scaled[key])
+            fit = self.temperature.last_fit
+            if fit is not None and fit.status == "fitted":
+                # post-scaling figures only next to the validation NLL the fit was judged on
+                metrics["temperature"] = float(fit.temperature)
+                metrics["val_nll_before_scaling"] = fit.nll_before
+                metrics["val_nll_after_scaling"] = fit.nll_after
+                for key in ("ece", "nll", "brier"):
+                    metrics[f"{key}_temperature_scaled"] = float(scaled[key])
             self.test_calibration_scaled.reset()
         for key, value in metrics.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "accuracy")
@@ -195,6 +202,12 @@ class ClassificationModule(LossMixin, L.LightningModule):
         # The test loop runs under inference mode; the fit needs autograd on ordinary tensors.
         with torch.inference_mode(False), torch.enable_grad():
             self.temperature.fit(logits.clone(), labels.clone())
+        fit = self.temperature.last_fit
+        if fit is not None and fit.status != "fitted":
+            rank_zero_info(
+                f"temperature scaling {fit.status} (validation NLL {fit.nll_before:.4f}); the "
+                "report shows no post-scaling figures."
+            )
 
     def on_test_epoch_end(self) -> None:
         self._epoch_report("test")
@@ -215,9 +228,19 @@ class ClassificationModule(LossMixin, L.LightningModule):
             stage,
             self.reports[stage],
             self._reliability.get(stage),
-            extra={"hparams": dict(self.hparams), "epoch": self.current_epoch},
+            extra={
+                "hparams": dict(self.hparams),
+                "epoch": self.current_epoch,
+                **self._temperature_note(stage),
+            },
         )
         rank_zero_info(f"{stage} report written to {', '.join(str(p) for p in paths.values())}")
+
+    def _temperature_note(self, stage: str) -> dict[str, Any]:
+        fit = self.temperature.last_fit if self.hparams.temperature_scaling else None
+        if stage != "test" or fit is None:
+            return {}
+        return {"temperature_scaling": fit._asdict()}
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(

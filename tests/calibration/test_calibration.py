@@ -18,6 +18,7 @@ from lightning_losses.calibration import (
     TemperatureScaler,
     adaptive_calibration_error,
     fit_temperature,
+    fit_temperature_checked,
     plot_reliability_diagram,
     reliability_bins,
 )
@@ -289,6 +290,38 @@ def test_temperature_scaler_module():
     other.load_state_dict(state)
     assert other.temperature == pytest.approx(scaler.temperature)
     assert scaler.double()(z.double()).dtype == torch.float64
+
+
+def test_perfectly_separated_split_keeps_the_temperature_at_one():
+    """All predictions correct: the NLL falls as T -> 0 with no finite minimiser, so an
+    unguarded fit collapses T towards 0. The checked fit keeps T = 1 and says why."""
+    z, _ = _synthetic(1.0, n=200)
+    y = z.argmax(1)  # every prediction correct
+    fit = fit_temperature_checked(z, y)
+    assert fit.skipped and fit.temperature == 1.0 and "no finite minimiser" in fit.status
+    assert fit.nll_after == fit.nll_before == pytest.approx(float(F.cross_entropy(z.double(), y)))
+    # the unguarded optimum really is degenerate: a smaller T always lowers this split's NLL
+    nll = [float(F.cross_entropy(z.double() / t, y)) for t in (1.0, 0.1, 0.01)]
+    assert nll[0] > nll[1] > nll[2]
+    scaler = TemperatureScaler().fit(z, y)
+    assert scaler.temperature == 1.0 and scaler.last_fit == fit
+
+
+def test_optimum_outside_the_bounds_is_not_trusted():
+    z, y = _synthetic(2.5)
+    assert fit_temperature_checked(z, y).status == "fitted"
+    fit = fit_temperature_checked(z, y, bounds=(0.5, 2.0))  # the optimum (~2.5) lies outside
+    assert fit.skipped and fit.temperature == 1.0 and "outside the trusted range" in fit.status
+    with pytest.raises(ValueError, match="`bounds`"):
+        fit_temperature_checked(z, y, bounds=(1.5, 2.0))
+
+
+def test_fitted_result_reports_the_nll_it_was_judged_on():
+    z, y = _synthetic(2.5)
+    fit = fit_temperature_checked(z, y)
+    assert fit.temperature == pytest.approx(fit_temperature(z, y))
+    assert fit.nll_after == pytest.approx(float(F.cross_entropy(z.double() / fit.temperature, y)))
+    assert fit.nll_after < fit.nll_before
 
 
 def test_temperature_errors():
