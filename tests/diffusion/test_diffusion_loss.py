@@ -163,13 +163,35 @@ def test_min_snr_loss_equals_diffusers_training_script(prediction_type):
     snr = compute_snr(scheduler, t)
     weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0]
     weights = weights / snr if prediction_type == "epsilon" else weights / (snr + 1)
-    theirs = F.mse_loss(pred.float(), target.float(), reduction="none")
+    pred_theirs = pred.clone().requires_grad_(True)
+    theirs = F.mse_loss(pred_theirs.float(), target.float(), reduction="none")
     theirs = (theirs.mean(dim=list(range(1, theirs.ndim))) * weights).mean()
+    theirs.backward()
 
     loss = DiffusionLoss(scheduler, weighting="min_snr", min_snr_gamma=5.0)
     torch.testing.assert_close(loss.add_noise(x0, noise, t), noisy, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss.training_target(x0, noise, t), target, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(loss(pred, target, timesteps=t), theirs, rtol=1e-5, atol=1e-7)
+    pred_ours = pred.clone().requires_grad_(True)
+    ours = loss(pred_ours, target, timesteps=t)
+    ours.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(pred_ours.grad, pred_theirs.grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        DiffusionLoss(prediction_type="v_prediction", weighting="p2"),
+        DiffusionPseudoHuberLoss(c=0.3, weighting="min_snr"),
+        DiffusionCauchyLoss(c=0.7, c_schedule="snr"),
+    ],
+    ids=["l2", "pseudo_huber", "cauchy"],
+)
+def test_gradcheck_in_float64(loss):
+    pred, target, t = batch(n=3, shape=(2, 2))
+    pred.requires_grad_(True)
+    loss = loss.double()
+    assert torch.autograd.gradcheck(lambda p: loss(p, target, timesteps=t), (pred,))
 
 
 @pytest.mark.parametrize("prediction_type", SNR_TYPES)
