@@ -1,7 +1,8 @@
 """Topology: skeletons, Betti numbers and matchings, and the data transforms topology losses read.
 
-Pure PyTorch, NumPy and SciPy (no Lightning): the soft morphological skeleton of clDice and a
-pluggable :class:`Skeletonizer` interface (:mod:`.soft_skeleton`), Betti numbers and Betti
+Pure PyTorch, NumPy and SciPy (no Lightning): a pluggable :class:`Skeletonizer` interface with
+two backends, the soft morphological skeleton of clDice (:mod:`.soft_skeleton`) and the
+topology-preserving simple-point skeleton (:mod:`.simple_points`), Betti numbers and Betti
 matching of binary masks (:mod:`.persistence`), and the ground-truth skeleton and signed distance
 transforms (:mod:`.transforms`).
 """
@@ -12,6 +13,7 @@ from .persistence import (
     betti_numbers,
     euler_characteristic,
 )
+from .simple_points import SimplePointSkeletonizer, simple_point_skeleton, simple_points
 from .soft_skeleton import (
     Skeletonizer,
     SoftSkeletonizer,
@@ -24,6 +26,7 @@ from .transforms import DistanceTransform, SkeletonTransform, signed_distance
 
 __all__ = [
     "DistanceTransform",
+    "SimplePointSkeletonizer",
     "SkeletonTransform",
     "Skeletonizer",
     "SoftSkeletonizer",
@@ -32,6 +35,8 @@ __all__ = [
     "betti_numbers",
     "euler_characteristic",
     "signed_distance",
+    "simple_point_skeleton",
+    "simple_points",
     "soft_dilate",
     "soft_erode",
     "soft_open",
