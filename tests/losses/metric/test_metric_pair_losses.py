@@ -597,3 +597,19 @@ def test_defaults_follow_their_sources():
     assert (CircleLoss().margin, CircleLoss().gamma) == (0.25, 128.0)
     assert SupConLoss().temperature == 0.1 and NTXentLoss().temperature == 0.1
     assert (AlignUniformLoss().alpha, AlignUniformLoss().t) == (2.0, 2.0)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name", ["triplet", "supcon"])
+def test_compiles_without_graph_breaks(name):
+    """No data-dependent branch, host read or untraceable mutation: fullgraph compiles, and the
+    invalid-anchor count (a buffer updated in place) is kept."""
+    torch._dynamo.reset()
+    x = _embeddings(8, 5, dtype=torch.float32)
+    y = torch.tensor([0, 0, 1, 1, 2, 3, 3, 4])
+    loss = build_loss(name, reduction="none")
+    compiled = torch.compile(loss, fullgraph=True)
+    torch.testing.assert_close(compiled(x, y), loss(x, y), rtol=1e-5, atol=1e-6)
+    loss.last_invalid_anchors.zero_()
+    compiled(x, y)
+    assert int(loss.last_invalid_anchors) == 2  # set by the compiled call
