@@ -14,27 +14,45 @@ from .image_folder import (
 )
 from .long_tail import long_tail_counts, long_tail_indices, stratified_split
 from .planned_batches import PlannedBatchSampler
+from .segmentation_datamodule import SegmentationDataModule
+from .segmentation_folder import SegmentationFolderDataset, folder_splits, list_pairs
 from .spurious import SpuriousDigits, SpuriousDigitsDataModule, spurious_digits_splits
+from .thin_structures import (
+    LABEL_VARIANTS,
+    OOD_SPLITS,
+    ThinStructureParams,
+    ThinStructuresDataset,
+    thin_structures,
+)
 
 __all__ = [
     "DIGITS_CLASSES",
     "IMG_EXTENSIONS",
+    "LABEL_VARIANTS",
+    "OOD_SPLITS",
     "ClassificationDataModule",
     "DigitVariantsDataModule",
     "DigitsDataset",
     "GroupBalancedSampler",
     "ImageFolderDataset",
     "PlannedBatchSampler",
+    "SegmentationDataModule",
+    "SegmentationFolderDataset",
     "SpuriousDigits",
     "SpuriousDigitsDataModule",
+    "ThinStructureParams",
+    "ThinStructuresDataset",
     "channel_stats",
     "digit_variants",
     "digits_labels",
     "folder_classes",
+    "folder_splits",
     "list_images",
+    "list_pairs",
     "load_image",
     "long_tail_counts",
     "long_tail_indices",
     "spurious_digits_splits",
     "stratified_split",
+    "thin_structures",
 ]
