@@ -1,4 +1,4 @@
-"""Segmentation losses on the dense contract (:mod:`._dense`): region overlap losses.
+"""Segmentation losses on the dense contract (:mod:`._dense`): region overlap and Lovász losses.
 
 Importing this package registers them (family ``"segmentation"``).
 """
@@ -15,6 +15,7 @@ from ._dense import (
 )
 from .dice import DiceLoss, GeneralizedDiceLoss, generalized_dice_weights
 from .jaccard import JaccardLoss, JaccardMetricLoss
+from .lovasz import LovaszHingeLoss, LovaszSoftmaxLoss, lovasz_grad
 from .tversky import FocalTverskyLoss, TverskyLoss
 
 __all__ = [
@@ -25,11 +26,14 @@ __all__ = [
     "GeneralizedDiceLoss",
     "JaccardLoss",
     "JaccardMetricLoss",
+    "LovaszHingeLoss",
+    "LovaszSoftmaxLoss",
     "RegionLoss",
     "RegionSums",
     "SmoothedRegionLoss",
     "TverskyLoss",
     "generalized_dice_weights",
+    "lovasz_grad",
     "prepare_dense",
     "region_sums",
     "soft_tp_fp_fn",
