@@ -293,8 +293,9 @@ class PairLoss(Loss):
     **Cross-rank references.** With ``gather_across_ranks=True`` the anchors stay local and the
     references are the embeddings of every rank (``all_gather``, gradients flowing back to each
     rank's own embeddings): each anchor sees ``world_size`` times more positives and negatives.
-    Every rank must call the loss, with the same batch size. Outside a process group the option
-    changes nothing.
+    Every rank must call the loss with the same batch size and backpropagate through it (the
+    backward sums the gradients over ranks); with DDP's averaging the step then equals one
+    process on the joint batch. Outside a process group the option changes nothing.
     """
 
     input_kind = "embeddings"

@@ -124,8 +124,8 @@ class NTXentLoss(PairLoss):
     is counted.
 
     Args:
-        temperature: :math:`\tau`, 0.1 (SimCLR's ImageNet setting with a 4096 batch; the paper
-            reports 0.1 to 0.5 across batch sizes; PML's default is 0.07).
+        temperature: :math:`\tau`, 0.1 (the best value of SimCLR's temperature ablation with
+            normalised embeddings and a 4096 batch; PML's default is 0.07).
         gather_across_ranks: compare against the embeddings of every rank (False); this is how
             SimCLR obtains its large negative sets.
 
