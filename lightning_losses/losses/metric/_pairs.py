@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-from ..._checks import check_choice, check_finite, check_on_device, check_tensor
+from ..._checks import check_choice, check_finite, check_int, check_on_device, check_tensor
 from ..._reduce import PerSample
 from .._base import Loss
 from .._inputs import upcast
@@ -290,6 +291,12 @@ class PairLoss(Loss):
     training step, e.g. at the end of an epoch) and warns once when it is not zero. The
     training step itself never reads a value back.
 
+    **Chunks.** Memory is one ``(N, M)`` matrix per quantity; where that does not fit (large
+    gathered batches), ``chunk_size=c`` computes blocks of ``c`` anchors, each recomputed in the
+    backward pass (activation checkpointing), so the largest tensor is ``(c, M)``, at the cost
+    of a second forward of the loss. The values and gradients are the same. Losses whose value
+    is a statistic of the whole batch (alignment / uniformity) do not offer it.
+
     **Cross-rank references.** With ``gather_across_ranks=True`` the anchors stay local and the
     references are the embeddings of every rank (``all_gather``, gradients flowing back to each
     rank's own embeddings): each anchor sees ``world_size`` times more positives and negatives.
@@ -306,11 +313,13 @@ class PairLoss(Loss):
         self,
         *,
         gather_across_ranks: bool = False,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         validate_args: bool = False,
     ) -> None:
         super().__init__(reduction=reduction, validate_args=validate_args)
         self.gather_across_ranks = bool(gather_across_ranks)
+        self.chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size", 1)
         # Diagnostics, not state: kept out of checkpoints, moved with .to().
         self.register_buffer(
             "last_invalid_anchors", torch.zeros((), dtype=torch.long), persistent=False
@@ -324,16 +333,37 @@ class PairLoss(Loss):
         """Per-anchor values ``(N,)`` (zero where undefined) and the valid anchors ``(N,)``."""
         raise NotImplementedError(f"{type(self).__name__} must implement anchor_losses")
 
-    def make_pairs(self, input: Tensor, target: Tensor) -> Pairs:
-        refs, ref_labels, offset = input, target, 0
-        if self.gather_across_ranks:
-            refs, ref_labels, offset = gather_references(input, target)
-        positive, negative, not_self = label_masks(target, ref_labels, offset)
-        return Pairs(input, refs, positive, negative, not_self)
+    def rows(
+        self, x: Tensor, labels: Tensor, refs: Tensor, ref_labels: Tensor, offset: int
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`anchor_losses` of the anchors ``x`` (rows ``offset`` on of the references)."""
+        positive, negative, not_self = label_masks(labels, ref_labels, offset)
+        return self.anchor_losses(Pairs(x, refs, positive, negative, not_self))
 
     def per_sample(self, input: Tensor, target: Tensor) -> PerSample:
         check_embeddings(input, target, validate_args=self.validate_args)
-        values, valid = self.anchor_losses(self.make_pairs(input, target))
+        refs, ref_labels, offset = input, target, 0
+        if self.gather_across_ranks:
+            refs, ref_labels, offset = gather_references(input, target)
+        n, chunk = input.shape[0], self.chunk_size
+        if chunk is None or n <= chunk:
+            values, valid = self.rows(input, target, refs, ref_labels, offset)
+        else:
+            # Blocks of anchors, each recomputed in the backward pass: no (N, M) tensor lives.
+            parts = [
+                checkpoint(
+                    self.rows,
+                    input[start : start + chunk],
+                    target[start : start + chunk],
+                    refs,
+                    ref_labels,
+                    offset + start,
+                    use_reentrant=False,
+                )
+                for start in range(0, n, chunk)
+            ]
+            values = torch.cat([p[0] for p in parts])
+            valid = torch.cat([p[1] for p in parts])
         invalid = (~valid).sum()
         with torch.no_grad():
             self.last_invalid_anchors.copy_(invalid)

@@ -45,6 +45,8 @@ class CircleLoss(PairLoss):
         gamma: scale :math:`\gamma`, 128 (the paper's re-ID setting, fast-reid; the paper
             uses 256 for faces and 80 with :math:`m = 0.4` for fine-grained retrieval).
         gather_across_ranks: compare against the embeddings of every rank (False).
+        chunk_size: compute blocks of this many anchors, each recomputed in the backward
+            pass, when the ``(N, M)`` matrices do not fit (None: all at once).
 
     Differences from pytorch-metric-learning's ``CircleLoss`` (tested): the per-anchor values
     agree; PML defaults to :math:`m = 0.4, \gamma = 80` and averages over the anchors with a
@@ -61,11 +63,13 @@ class CircleLoss(PairLoss):
         gamma: float = 128.0,
         *,
         gather_across_ranks: bool = False,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         validate_args: bool = False,
     ) -> None:
         super().__init__(
             gather_across_ranks=gather_across_ranks,
+            chunk_size=chunk_size,
             reduction=reduction,
             validate_args=validate_args,
         )

@@ -54,6 +54,8 @@ class SupConLoss(PairLoss):
         temperature: :math:`\tau`, 0.1 (the paper's ImageNet setting and PML's default).
         relu: apply a ReLU to the embeddings before normalising (False).
         gather_across_ranks: compare against the embeddings of every rank (False).
+        chunk_size: compute blocks of this many anchors, each recomputed in the backward
+            pass, when the ``(N, M)`` matrices do not fit (None: all at once).
 
     Differences from pytorch-metric-learning's ``SupConLoss`` (tested): the per-anchor values
     agree; PML averages over the anchors with a non-zero loss and returns zero for a batch
@@ -70,11 +72,13 @@ class SupConLoss(PairLoss):
         *,
         relu: bool = False,
         gather_across_ranks: bool = False,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         validate_args: bool = False,
     ) -> None:
         super().__init__(
             gather_across_ranks=gather_across_ranks,
+            chunk_size=chunk_size,
             reduction=reduction,
             validate_args=validate_args,
         )
@@ -128,6 +132,8 @@ class NTXentLoss(PairLoss):
             normalised embeddings and a 4096 batch; PML's default is 0.07).
         gather_across_ranks: compare against the embeddings of every rank (False); this is how
             SimCLR obtains its large negative sets.
+        chunk_size: compute blocks of this many anchors, each recomputed in the backward
+            pass, when the ``(N, M)`` matrices do not fit (None: all at once).
 
     Differences from pytorch-metric-learning's ``NTXentLoss`` (tested): the same pair losses;
     PML averages over positive pairs, this loss first over each anchor's positives and then
@@ -145,11 +151,13 @@ class NTXentLoss(PairLoss):
         temperature: float = 0.1,
         *,
         gather_across_ranks: bool = False,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         validate_args: bool = False,
     ) -> None:
         super().__init__(
             gather_across_ranks=gather_across_ranks,
+            chunk_size=chunk_size,
             reduction=reduction,
             validate_args=validate_args,
         )

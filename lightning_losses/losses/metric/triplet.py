@@ -59,6 +59,8 @@ class TripletLoss(PairLoss):
             variant uses :math:`2 - 2\cos`, which is ``normalize=True`` with ``"sqeuclidean"``.
         normalize: L2-normalise the embeddings first (False).
         gather_across_ranks: compare against the embeddings of every rank (False).
+        chunk_size: compute blocks of this many anchors, each recomputed in the backward
+            pass, when the ``(N, M)`` matrices do not fit (None: all at once).
 
     Differences from pytorch-metric-learning (``TripletMarginLoss`` + ``BatchHardMiner``, tested
     in ``tests/losses/metric``): the per-anchor values agree, but PML averages over the
@@ -80,11 +82,13 @@ class TripletLoss(PairLoss):
         distance: str = "euclidean",
         normalize: bool = False,
         gather_across_ranks: bool = False,
+        chunk_size: int | None = None,
         reduction: str = "mean",
         validate_args: bool = False,
     ) -> None:
         super().__init__(
             gather_across_ranks=gather_across_ranks,
+            chunk_size=chunk_size,
             reduction=reduction,
             validate_args=validate_args,
         )

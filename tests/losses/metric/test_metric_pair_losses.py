@@ -528,6 +528,47 @@ def test_triplet_at_a_batch_where_triplet_lists_would_not_fit():
     assert torch.isfinite(x.grad).all()
 
 
+CHUNKED = [
+    ("triplet", {}),
+    ("triplet", {"mining": "weighted", "margin": "soft"}),
+    ("circle", {}),
+    ("supcon", {"relu": True}),
+    ("nt_xent", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CHUNKED)
+def test_chunks_give_the_same_values_and_gradients(name, kwargs):
+    x, y = _embeddings(11, 5), torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 5])
+    whole = build_loss(name, reduction="none", **kwargs)
+    chunked = build_loss(name, reduction="none", chunk_size=4, **kwargs)
+    ours, g_ours = _values_and_grad(lambda e: chunked(e, y), x)
+    ref, g_ref = _values_and_grad(lambda e: whole(e, y), x)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-12, atol=1e-12)
+    assert int(chunked.last_invalid_anchors) == 2
+
+
+@pytest.mark.parametrize(("name", "kwargs"), CHUNKED)
+def test_chunks_bound_the_largest_tensor(name, kwargs):
+    """With blocks of 32 anchors at N = 256 nothing reaches 32 x 256 x 2 elements in the
+    forward or the backward (the N x N matrix would be 65,536)."""
+    n, chunk = 256, 32
+    x = _embeddings(n, 16, dtype=torch.float32).requires_grad_(True)
+    y = torch.arange(n) // 4
+    loss = build_loss(name, chunk_size=chunk, **kwargs)
+    with _LargestTensor() as probe:
+        loss(x, y).backward()
+    assert probe.largest <= chunk * n, probe.largest
+
+
+def test_chunk_size_is_checked_and_not_offered_by_batch_statistics():
+    with pytest.raises(ValueError, match="`chunk_size` must be an integer >= 1"):
+        TripletLoss(chunk_size=0)
+    with pytest.raises(TypeError, match=r"unknown option.*chunk_size"):
+        build_loss("align_uniform", chunk_size=8)
+
+
 # -- host reads -------------------------------------------------------------------------------
 
 
@@ -539,7 +580,7 @@ def test_triplet_at_a_batch_where_triplet_lists_would_not_fit():
         ("triplet", {"distance": "sqeuclidean", "normalize": True, "gather_across_ranks": True}),
         ("circle", {"gather_across_ranks": True}),
         ("supcon", {"relu": True}),
-        ("nt_xent", {}),
+        ("nt_xent", {"chunk_size": 3}),
         ("align_uniform", {"alpha": 1.0}),
     ],
 )
