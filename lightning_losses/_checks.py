@@ -169,4 +169,22 @@ def check_sample_weight(sample_weight: Tensor | None, n: int) -> Tensor | None:
             f"`sample_weight` must have shape ({n},), one weight per sample; got "
             f"{tuple(sample_weight.shape)}."
         )
+    if sample_weight.dtype == torch.bool or sample_weight.is_complex():
+        raise TypeError(
+            f"`sample_weight` must hold real numbers; got dtype {sample_weight.dtype} (a mask "
+            "of kept samples is `mask.float()`)."
+        )
+    # A negative weight turns a loss into a reward, NaN poisons the step: refuse both, on the
+    # device (a pass over N weights, no host read).
+    w = sample_weight
+    check_on_device(
+        (torch.isfinite(w) & (w >= 0)).all() if w.is_floating_point() else (w >= 0).all(),
+        "`sample_weight` must be finite and >= 0.",
+        lambda: (
+            f"`sample_weight` must be finite and >= 0; got {int((w < 0).sum())} negative, "
+            f"{int(w.isnan().sum()) if w.is_floating_point() else 0} NaN and "
+            f"{int(w.isinf().sum()) if w.is_floating_point() else 0} infinite values out of "
+            f"{w.numel()}."
+        ),
+    )
     return sample_weight

@@ -119,6 +119,11 @@ def list_losses(family: str | None = None) -> list[str]:
 def loss_info(name: str) -> LossInfo:
     """Metadata of a registered loss; an unknown name gets the closest names as suggestions."""
     _populate()
+    if not isinstance(name, str):
+        raise TypeError(
+            f"a loss name must be a string such as 'focal' (`lightning-losses list` shows all); "
+            f"got {name!r} of type {type(name).__name__}."
+        )
     if name not in _REGISTRY:
         hint = closest(name, _REGISTRY)
         suggestion = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""

@@ -54,7 +54,7 @@ def teacher_like(like: torch.Tensor, offset: float) -> torch.Tensor:
     batch slices it, as the per-sample test needs)."""
     n = like.shape[0]
     i = torch.arange(n, dtype=torch.float64).reshape(n, *[1] * (like.ndim - 1))
-    j = torch.arange(like[0].numel(), dtype=torch.float64).reshape(1, *like.shape[1:])
+    j = torch.arange(like.shape[1:].numel(), dtype=torch.float64).reshape(1, *like.shape[1:])
     return (2.5 * torch.sin(1.3 * i + 0.7 * j + offset)).float()
 
 
@@ -180,11 +180,13 @@ def test_bf16_autocast_close_to_float64(name):
     ctx = loss_context(name, n=16, like=x)
     loss = ready_loss(name)
     x_bf16 = x.to(torch.bfloat16)
+    # a real-valued target is rounded too, and the reference gets the same rounded values
+    y_bf16 = y.to(torch.bfloat16) if y.is_floating_point() else y
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = loss(x_bf16, y.to(torch.bfloat16) if y.is_floating_point() else y, **ctx)
+        low = loss(x_bf16, y_bf16, **ctx)
     assert low.dtype == torch.float32, "losses accumulate in float32 under autocast"
     ref_rounded = ready_loss(name).double()(
-        x_bf16.double(), y.double() if y.is_floating_point() else y, **ctx
+        x_bf16.double(), y_bf16.double() if y.is_floating_point() else y, **ctx
     )
     ref_exact = ready_loss(name).double()(
         x.double(), y.double() if y.is_floating_point() else y, **ctx
@@ -212,6 +214,35 @@ def test_dense_inputs_give_one_value_per_sample(name):
         assert "input" in str(err)
         return
     assert out.shape == (4,)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_empty_batch_is_defined(name):
+    """N = 0: mean and sum are 0 with a zero gradient, none is (0,); a target of another
+    length is a clear error."""
+    x, y = loss_inputs(name, n=4, k=5)
+    x0 = x[:0].clone().requires_grad_(True)
+    ctx = loss_context(name, n=0, like=x0)
+    for reduction, shape in (("mean", ()), ("sum", ()), ("none", (0,))):
+        out = ready_loss(name, reduction=reduction)(x0, y[:0], **ctx)
+        assert out.shape == shape and bool((out == 0).all())
+    ready_loss(name)(x0, y[:0], **ctx).backward()
+    assert x0.grad is not None and x0.grad.shape == x0.shape
+    with pytest.raises(ValueError, match="target"):
+        ready_loss(name)(x0, y, **ctx)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_or_non_finite_sample_weights_are_refused(name):
+    x, y = loss_inputs(name, n=4, k=5)
+    ctx = loss_context(name, n=4, like=x)
+    loss = ready_loss(name)
+    for bad, word in ((-1.0, "1 negative"), (float("nan"), "1 NaN"), (float("inf"), "1 infinite")):
+        w = torch.tensor([1.0, bad, 0.5, 2.0])
+        with pytest.raises(ValueError, match=rf"sample_weight.*finite and >= 0.*{word}"):
+            loss(x, y, sample_weight=w, **ctx)
+    with pytest.raises(TypeError, match=r"sample_weight.*real numbers"):
+        loss(x, y, sample_weight=torch.ones(4, dtype=torch.bool), **ctx)
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -273,6 +304,9 @@ def test_class_counts_are_validated(name):
 def test_unknown_loss_name_suggests_close_names():
     with pytest.raises(ValueError, match="Did you mean 'focal'"):
         build_loss("focl")
+    for bad in (None, 3, ["focal"]):
+        with pytest.raises(TypeError, match="loss name must be a string"):
+            build_loss(bad)
 
 
 def test_wrong_input_type_is_a_type_error():

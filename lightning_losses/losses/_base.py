@@ -48,8 +48,29 @@ def _call_context(cls: type) -> tuple[str, ...]:
     return tuple(c for c in cls.context if c in CALL_CONTEXT)
 
 
+def _is_empty_batch(input: Any, target: Any) -> bool:
+    """True for an input with no sample (N = 0); a target of another length is an error."""
+    if not (isinstance(input, Tensor) and input.ndim > 0 and input.shape[0] == 0):
+        return False
+    if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != 0:
+        raise ValueError(
+            f"`target` must have as many samples as the input (0, an empty batch); got shape "
+            f"{tuple(target.shape)}."
+        )
+    return True
+
+
+def _empty_values(input: Tensor) -> Tensor:
+    """Per-sample values of an empty batch: shape (0,), connected to the input's graph."""
+    return (input.sum() * 0).expand(0)
+
+
 class Loss(nn.Module):
-    """Base class: validates, calls :meth:`per_sample`, applies weights and the reduction."""
+    """Base class: validates, calls :meth:`per_sample`, applies weights and the reduction.
+
+    An empty batch (N = 0) is defined, not an error: ``"mean"`` and ``"sum"`` give 0 (with a
+    zero gradient, so a training step still runs) and ``"none"`` gives an empty (0,) tensor.
+    """
 
     input_kind: ClassVar[str] = "logits"
     #: "index": class indices (N, *) or soft targets (N, K, *) where the loss allows them;
@@ -86,6 +107,8 @@ class Loss(nn.Module):
     def sample_losses(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
         """:meth:`per_sample` with the context and error checks of a call (what LossMixin uses)."""
         self._check_context(context)
+        if _is_empty_batch(input, target):
+            return PerSample(_empty_values(input))
         try:
             return self.per_sample(input, target, **context)
         except (IndexError, RuntimeError):
@@ -101,6 +124,9 @@ class Loss(nn.Module):
         **context: Any,
     ) -> Tensor:
         self._check_context(context)
+        if _is_empty_batch(input, target):
+            # mean and sum over no sample are 0 (still connected to the graph); "none" is (0,)
+            return reduce_loss(_empty_values(input), self.reduction, sample_weight)
         try:
             if sample_weight is None and self.reduction != "none":
                 fused = self.reduced(input, target, **context)
