@@ -95,18 +95,18 @@ def augmentation_views(images: Tensor, *, rotation: int = 1) -> list[Tensor]:
 class CorrectnessAwareCalibrator(nn.Module):
     r"""Per-sample temperature scaling trained with the correctness-aware loss.
 
-    ``forward(logits, views=None) = logits / T`` with :math:`T \in (t_\min, t_\max)` one
+    ``forward(logits, views=None) = logits / T`` with :math:`T \in (t_{\min}, t_{\max})` one
     temperature per sample:
 
     .. math::
         h = \mathrm{ReLU}(W_1 u + b_1), \qquad
-        \log T = \log t_\min + (\log t_\max - \log t_\min)\, \sigma(w_2^\top h + b_2)
+        \log T = \log t_{\min} + (\log t_{\max} - \log t_{\min})\, \sigma(w_2^\top h + b_2)
 
     The authors' network is the same two layers (``Linear(12, 5)``, ReLU, ``Linear(5, 1)``)
     with the output clamped to [0.1, 10]; a clamp has no gradient outside its range, so here
     the same range is reached through a sigmoid in log space. The last layer starts at zero,
     and its bias puts :math:`T` at 1, so an unfitted calibrator is the identity (when
-    :math:`t_\min < 1 < t_\max`; otherwise it starts at :math:`\sqrt{t_\min t_\max}`).
+    :math:`t_{\min} < 1 < t_{\max}`; otherwise it starts at :math:`\sqrt{t_{\min} t_{\max}}`).
 
     Args:
         num_views: number of transformed views whose logits are passed as ``views`` (3 in the
