@@ -23,6 +23,7 @@ WORLD = 2
 CASES = {
     "triplet": {},
     "triplet_weighted": {"mining": "weighted", "distance": "cosine"},
+    "triplet_chunked": {"chunk_size": 3},
     "circle": {},
     "supcon": {},
     "nt_xent": {},
@@ -31,7 +32,8 @@ CASES = {
 
 
 def _loss_name(case: str) -> str:
-    return {"triplet_weighted": "triplet", "align_only": "align_uniform"}.get(case, case)
+    renamed = {"triplet_weighted": "triplet", "triplet_chunked": "triplet"}
+    return {**renamed, "align_only": "align_uniform"}.get(case, case)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
