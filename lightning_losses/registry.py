@@ -116,14 +116,28 @@ def list_losses(family: str | None = None) -> list[str]:
     return sorted(n for n, info in _REGISTRY.items() if family in (None, info.family))
 
 
-def loss_info(name: str) -> LossInfo:
-    """Metadata of a registered loss; an unknown name gets the closest names as suggestions."""
+def loss_info(name: str, family: str | None = None) -> LossInfo:
+    """Metadata of a registered loss; an unknown name gets the closest names as suggestions.
+
+    With ``family``, the name must belong to that family, and suggestions come from it only.
+    """
     _populate()
     if not isinstance(name, str):
         raise TypeError(
             f"a loss name must be a string such as 'focal' (`lightning-losses list` shows all); "
             f"got {name!r} of type {type(name).__name__}."
         )
+    if family is not None:
+        check_choice(family, FAMILIES, "family")
+        names = list_losses(family)
+        if name not in names:
+            hint = closest(name, names)
+            suggestion = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""
+            other = f" ({name!r} is a {_REGISTRY[name].family} loss)" if name in _REGISTRY else ""
+            raise ValueError(
+                f"unknown {family} loss name {name!r}{other}.{suggestion} The {family} losses "
+                f"are: {', '.join(names)}."
+            )
     if name not in _REGISTRY:
         hint = closest(name, _REGISTRY)
         suggestion = f" Did you mean {', '.join(map(repr, hint))}?" if hint else ""

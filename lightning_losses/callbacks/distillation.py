@@ -39,7 +39,7 @@ from ..losses.distillation import (
 )
 from ..mixins import LossMixin
 from ..mixins.protocols import LossTerm
-from ..registry import build_loss, list_losses
+from ..registry import build_loss, list_losses, loss_info
 from ._batch_ids import batch_ids
 from ._features import FeatureTap, TimmIntermediates, make_adapter
 from ._teachers import TeacherSource, num_classes_of, parse_teacher
@@ -267,6 +267,7 @@ class Distillation(L.Callback):
     @staticmethod
     def _build_loss(loss: Any, loss_kwargs: Mapping[str, Any] | None) -> DistillationLoss:
         if isinstance(loss, str):
+            loss_info(loss, family="distillation")  # suggestions from the distillation family
             built = build_loss(loss, **dict(loss_kwargs or {}))
         elif isinstance(loss, nn.Module):
             if loss_kwargs:

@@ -142,8 +142,8 @@ class DROWeighting(L.Callback):
     in :math:`N` with loss 0. Weights from other callbacks multiply into :math:`w` as usual.
 
     Args:
-        oracle: one of ``"cvar"``, ``"cvar_kl"``, ``"chi_square"``, ``"chi_square_penalized"``,
-            ``"kl"``, ``"superquantile"``, ``"extremile"``, ``"esrm"``.
+        oracle: required, one of ``"cvar"``, ``"cvar_kl"``, ``"chi_square"``,
+            ``"chi_square_penalized"``, ``"kl"``, ``"superquantile"``, ``"extremile"``, ``"esrm"``.
         **oracle_kwargs: the oracle's arguments (table above), by keyword.
 
     Example:
@@ -151,7 +151,7 @@ class DROWeighting(L.Callback):
         >>> # the module uses LossMixin and returns self.compute_loss(logits, y, batch=batch)
     """
 
-    def __init__(self, oracle: str = "cvar", **oracle_kwargs: Any) -> None:
+    def __init__(self, oracle: str, **oracle_kwargs: Any) -> None:
         self.oracle = check_choice(oracle, tuple(ORACLES), "oracle")
         fn, required, optional = ORACLES[oracle]
         missing = [k for k in required if k not in oracle_kwargs]

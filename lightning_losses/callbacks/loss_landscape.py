@@ -445,6 +445,13 @@ class LossLandscape(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.loss_fn is None:
             _module_criterion(pl_module)  # fail before training, not after it
+            if type(pl_module).forward in (L.LightningModule.forward, nn.Module.forward):
+                raise TypeError(
+                    f"LossLandscape's default probe loss calls the module, but "
+                    f"{type(pl_module).__name__} defines no `forward` (its training_step calls "
+                    "its layers directly). Define `forward`, or pass `loss_fn=` (a callable "
+                    "(pl_module, batch) -> the batch's mean loss)."
+                )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs:

@@ -623,3 +623,11 @@ def test_weights_of_another_class_count_get_an_explained_error(tmp_path):
         ValueError, match=r"(?s)do not fit the architecture.*another number of classes"
     ):
         source.build()
+
+
+def test_an_unknown_loss_gets_suggestions_from_the_distillation_family():
+    with pytest.raises(ValueError, match=r"unknown distillation loss name 'dkdd'.*'dkd'") as err:
+        Distillation(teacher=nn.Linear(2, 2), loss="dkdd")
+    assert "focal" not in str(err.value)
+    with pytest.raises(ValueError, match=r"'focal' is a classification loss"):
+        Distillation(teacher=nn.Linear(2, 2), loss="focal")

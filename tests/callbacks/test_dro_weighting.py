@@ -248,3 +248,9 @@ def test_module_without_loss_mixin_fails_at_fit_start():
     trainer = _trainer(max_steps=1, callbacks=[DROWeighting("cvar", alpha=0.2)])
     with pytest.raises(TypeError, match=r"DROWeighting needs LossMixin.*PlainModel"):
         trainer.fit(PlainModel(), DataLoader(_data(), batch_size=8))
+
+
+def test_the_oracle_has_no_default():
+    """A constructor that looks complete would only fail on the missing strength parameter."""
+    with pytest.raises(TypeError, match="oracle"):
+        DROWeighting()

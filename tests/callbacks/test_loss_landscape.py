@@ -451,3 +451,28 @@ def test_absent_class_is_named(tmp_path):
 def test_missing_criterion_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="loss_fn="):
         _fit(tmp_path, [LossLandscape()], model=NoCriterion())
+
+
+class NoForward(Net):
+    """Calls its layers in training_step and defines no forward of its own."""
+
+    forward = L.LightningModule.forward
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.criterion(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_module_without_forward_gets_a_loss_fn_hint(tmp_path):
+    with pytest.raises(TypeError, match=r"NoForward defines no `forward`.*loss_fn="):
+        _fit(tmp_path, [LossLandscape()], model=NoForward())
+    # with loss_fn= it trains and runs
+    _fit(
+        tmp_path,
+        [LossLandscape(loss_fn=lambda m, b: m.criterion(m.net(b[0]), b[1]), **FAST, verbose=False)],
+        model=NoForward(),
+        epochs=1,
+    )
