@@ -13,8 +13,8 @@ Numerics:
   (``torch.finfo``), never by literals such as ``1e9``, which overflow in fp16.
 * Euclidean distances clamp the squared distance at ``finfo.tiny`` before the square root, so
   identical embeddings (and the diagonal) give a zero, not an infinite, gradient.
-* Memory is one ``(N, M)`` matrix per quantity (``M`` references): no index lists of pairs or
-  triplets, no ``(N, M, M)`` tensor.
+* Memory is one ``(N, M)`` matrix per quantity (``M`` references), or ``(chunk_size, M)``
+  with ``chunk_size``: no index lists of pairs or triplets, no ``(N, M, M)`` tensor.
 
 An anchor with no valid positive (or negative, where the loss needs one) has an undefined loss:
 it gets **zero**, and :class:`PairLoss` counts such anchors in tensors that a caller can log
@@ -235,7 +235,9 @@ class _GatherWithGradient(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums the gradient over ranks and keeps this
     rank's slice: every rank's anchors that used this rank's embeddings as references send
     their gradient back to them (with DDP's averaging, the step equals one process on the
-    joint batch)."""
+    joint batch). Putting the live local tensor into a plain ``all_gather``'s output would
+    also reach the local embeddings, but would drop the gradient of the other ranks' anchors
+    with respect to them."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
