@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from lightning_losses import LossMixin
 from lightning_losses.callbacks import InfoBatch
@@ -156,3 +158,31 @@ def test_datamodule_refuses_a_sampler_owning_callback_by_name():
     dm = ReIDDataModule(p=4, k=3, identities=SMALL)
     with pytest.raises(ValueError, match="InfoBatch owns the training sampler"):
         trainer.fit(_Embed(), datamodule=dm)
+
+
+def _fake_trainer(world, rank, use_distributed_sampler=False):
+    connector = SimpleNamespace(use_distributed_sampler=use_distributed_sampler)
+    return SimpleNamespace(
+        world_size=world, global_rank=rank, callbacks=[], _accelerator_connector=connector
+    )
+
+
+def test_datamodule_shards_by_identity_and_evaluation_by_sample_under_ddp():
+    shares = []
+    for rank in range(2):
+        dm = ReIDDataModule(p=4, k=2, identities=SMALL)
+        dm.trainer = _fake_trainer(2, rank)
+        sampler = dm.train_dataloader().batch_sampler
+        assert (sampler.num_replicas, sampler.rank) == (2, rank)
+        shares.append([dm.splits.train.ids[b].unique().tolist() for b in sampler])
+        val = dm.val_dataloader()
+        assert isinstance(val.sampler, DistributedSampler) and len(val.sampler) == 63
+    assert len(shares[0]) == len(shares[1])
+    assert all(not set(a) & set(b) for a, b in zip(*shares, strict=True))
+
+
+def test_datamodule_asks_for_use_distributed_sampler_false():
+    dm = ReIDDataModule(p=4, k=2, identities=SMALL)
+    dm.trainer = _fake_trainer(2, 0, use_distributed_sampler=True)
+    with pytest.raises(ValueError, match="use_distributed_sampler=False"):
+        dm.train_dataloader()
