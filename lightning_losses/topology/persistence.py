@@ -156,11 +156,17 @@ class _Features:
             (top, self.bg, slice(6, 6 + m.ndim), n_bg - 1),
         ):
             rows = bars[bars[:, 0] == dim]
-            cells = rows[:, cell_cols].astype(np.int64)
+            finite = rows[np.isfinite(rows[:, 2])]
+            cells = finite[:, cell_cols].astype(np.int64)
             raster = np.ravel_multi_index(tuple(cells.T), m.shape)
-            order = np.lexsort((raster, -rows[:, 2]))  # longer life first, then raster index
-            region = labels[tuple(cells.T)][order]
-            if len(region) != count or len(set(region.tolist())) != count:
+            order = np.lexsort((raster, -finite[:, 2]))  # longer life first, then raster index
+            region = labels[tuple(cells.T)][order].tolist()
+            if len(rows) > len(finite):
+                # The essential bar (the component that never dies) is the eldest. cripser's
+                # location for it is not always on that component, so it takes the one region
+                # no finite bar claims.
+                region = sorted(set(range(1, count + 1)) - set(region)) + region
+            if len(rows) != count or len(set(region)) != count:
                 raise RuntimeError(
                     f"cripser's {len(rows)} bars of dimension {dim} do not map one-to-one onto "
                     f"the mask's {count} regions; the connectivity conventions disagree."

@@ -60,19 +60,22 @@ def test_betti_numbers_equal_cripser_bar_counts_on_random_masks(shape):
             np.testing.assert_array_equal(betti_numbers(mask), _cripser_betti(mask))
 
 
-def test_matching_error_is_symmetric_and_zero_on_identical_random_masks():
-    rng = np.random.default_rng(0)
-    for _ in range(10):
-        p, g = rng.random((16, 16)) < 0.5, rng.random((16, 16)) < 0.5
-        assert betti_matching_error(p, p) == {0: 0, 1: 0}
-        assert betti_matching_error(p, g) == betti_matching_error(g, p)
-        # Never more than every bar unmatched, never less than the Betti number difference.
-        total = betti_numbers(p) + betti_numbers(g)
-        diff = betti_number_error(p, g)
-        errors = betti_matching_error(p, g)
-        for k in (0, 1):
-            assert diff[k] <= errors[k] <= total[k]
-            assert errors[k] % 2 == diff[k] % 2
+@pytest.mark.parametrize("shape", [(16, 16), (8, 9, 10)])
+def test_matching_error_is_symmetric_and_zero_on_identical_random_masks(shape):
+    rng = np.random.default_rng(len(shape))
+    top = len(shape) - 1
+    for density in (0.2, 0.5, 0.8):
+        for _ in range(5):
+            p, g = rng.random(shape) < density, rng.random(shape) < density
+            assert betti_matching_error(p, p) == {0: 0, top: 0}
+            errors = betti_matching_error(p, g)
+            assert errors == betti_matching_error(g, p)
+            # Never more than every bar unmatched, never less than the Betti number difference.
+            total = betti_numbers(p) + betti_numbers(g)
+            diff = betti_number_error(p, g)
+            for k in (0, top):
+                assert diff[k] <= errors[k] <= total[k]
+                assert errors[k] % 2 == diff[k] % 2
 
 
 def test_displaced_features_count_in_the_matching_error_only():
