@@ -251,3 +251,28 @@ def test_skeleton_recall_context_errors_are_named():
     with pytest.raises(ValueError, match="alpha"):
         ClDiceLoss(alpha=1.5)
     assert build_loss("skeleton_recall").context == ("skeleton",)
+
+
+@pytest.mark.parametrize("cls", [ClDiceLoss, SkeletonRecallLoss])
+def test_batch_reduction_and_fully_ignored_images(cls):
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(1, 3, 12, 12, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 12, 12), generator=g)
+    ctx = {"skeleton": labels} if cls is SkeletonRecallLoss else {}
+    smooth = {"smooth": 0.0} if cls is ClDiceLoss else {"eps": 1e-12}
+    # Without smoothing (eps negligible) every term is a ratio of sums, so a batch of two
+    # copies of one image gives that image's value under reduce_over="batch".
+    twice = {k: v.expand(2, *v.shape[1:]) for k, v in ctx.items()}
+    batch = cls(reduce_over="batch", reduction="none", **smooth)(
+        logits.expand(2, -1, -1, -1), labels.expand(2, -1, -1), **twice
+    )
+    image = cls(reduction="none", **smooth)(logits, labels, **ctx)
+    torch.testing.assert_close(batch, image.expand(2))
+    # An image whose pixels are all ignored leaves the mean's denominator.
+    ignored = torch.full_like(labels, 255)
+    both = cls(ignore_index=255)(
+        torch.cat([logits, logits]),
+        torch.cat([labels, ignored]),
+        **{k: torch.cat([v, torch.zeros_like(v)]) for k, v in ctx.items()},
+    )
+    torch.testing.assert_close(both, cls(ignore_index=255)(logits, labels, **ctx))
