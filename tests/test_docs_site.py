@@ -147,6 +147,20 @@ def test_gallery_figures_are_on_the_page_and_small(site):
         assert (site / "gallery" / figure.name).is_file()
 
 
+@pytest.mark.slow
+def test_gallery_script_draws_every_figure(tmp_path):
+    script = REPO / "docs" / "_scripts" / "make_gallery.py"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert drawn == sorted(p.name for p in (REPO / "docs" / "gallery").glob("*.png"))
+    assert all(0 < (tmp_path / name).stat().st_size < 150 * 1024 for name in drawn)
+
+
 # -- navigation and front matter (no build) -------------------------------------------------
 
 
@@ -218,12 +232,16 @@ def test_rst_blocks_tables_and_argument_lists_become_markdown():
     assert ".. math::" not in blocks and "Example::" not in blocks
     table = "====  =====\n``a``  x | y\n====  =====\n"
     assert "| ``a`` | x \\| y |" in rst.convert_tables(table)
-    entries = rst.split_shared_entries("Args:\n    a, b: shared.\n    c: own.\n\nExample:\n    x")
+    entries = rst.split_shared_entries(
+        "Args:\n    a, b: shared.\n    c,\n        d: wrapped.\n    e: own.\n\nExample:\n    x"
+    )
     assert entries.split("\n") == [
         "Args:",
         "    a: shared.",
         "    b: shared.",
-        "    c: own.",
+        "    c: wrapped.",
+        "    d: wrapped.",
+        "    e: own.",
         "",
         "Examples:",
         "    x",

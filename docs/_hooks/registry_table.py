@@ -59,6 +59,8 @@ def loss_table(page_uri: str) -> str:
         f"{total} losses in {len(families)} families, read from the registry when the site is "
         "built. The name links to the API entry, the family to its page.",
         "",
+        '<div class="loss-table" markdown>',
+        "",
         "| name | family | input | target | context | reference |",
         "|---|---|---|---|---|---|",
     ]
@@ -73,6 +75,7 @@ def loss_table(page_uri: str) -> str:
                 f"| [`{name}`][{api}] | {family_cell} | `{info.input}` | `{info.target}` | "
                 f"{context} | {_cell(info.paper)} |"
             )
+    lines += ["", "</div>"]
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ TABLE_RULE = re.compile(r"^\s*=+(?: +=+)+\s*$")
 MATH_ROLE = re.compile(r":math:`[^`]*`")
 EXAMPLE_TITLE = re.compile(r"^(?P<indent>\s*)Example:\s*$")
 PARAM_SECTION = re.compile(r"^(?P<indent>\s*)(?:Args|Arguments|Parameters|Attributes):\s*$")
+WRAPPED_NAMES = re.compile(r"^\s*\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*\s*,\s*$")
 SHARED_ENTRY = re.compile(
     r"^(?P<indent>\s*)(?P<names>\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)+)(?P<rest>(?:\s*\([^)]*\))?:(?:\s.*)?)$"
 )
@@ -174,6 +175,10 @@ def split_shared_entries(text: str) -> str:
             out.append(line)
             i += 1
             continue
+        if section_indent is not None and WRAPPED_NAMES.match(line) and i + 1 < len(lines):
+            # "a, b,\n    c: text": the names of a shared entry wrapped over two lines.
+            line = f"{line.rstrip()} {lines[i + 1].strip()}"
+            i += 1
         entry = SHARED_ENTRY.match(line) if section_indent is not None else None
         if not entry:
             out.append(line)
