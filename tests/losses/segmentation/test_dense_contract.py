@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from lightning_losses import build_loss
 from lightning_losses.losses.segmentation import DiceLoss, prepare_dense, region_sums, soft_tp_fp_fn
 from lightning_losses.losses.segmentation._dense import apply_empty_target
 from lightning_losses.testing import no_host_sync
@@ -145,6 +148,41 @@ def test_ignore_index_equals_slicing_the_pixels_away_per_image(spatial, empty_ta
     sliced_total.backward()
     torch.testing.assert_close(grad, x.grad)
     assert (grad.movedim(1, -1)[y == 255] == 0).all()
+
+
+INDEX_TARGET_LOSSES = [
+    "dice",
+    "generalized_dice",
+    "tversky",
+    "focal_tversky",
+    "jaccard",
+    "jaccard_metric",
+    "lovasz_softmax",
+]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(INDEX_TARGET_LOSSES),
+    spatial=st.sampled_from([(4, 5), (2, 3, 4)]),
+    reduce_over=st.sampled_from(["image", "batch"]),
+    seed=st.integers(0, 1000),
+)
+def test_every_index_target_loss_ignores_by_slicing(name, spatial, reduce_over, seed):
+    x, y = logits_and_labels(spatial=spatial, seed=seed)
+    y = _ignored(y, seed=seed)
+    y[0, 0] = 255  # at least one ignored pixel
+    out = build_loss(name, ignore_index=255, reduce_over=reduce_over, reduction="none")(x, y)
+    keep = (y != 255).reshape(3, -1)
+    plain = build_loss(name, reduce_over=reduce_over, reduction="none")
+    if reduce_over == "batch":
+        xs = torch.cat([x[i].reshape(4, -1)[:, keep[i]] for i in range(3)], 1)[None]
+        ys = torch.cat([y[i].reshape(-1)[keep[i]] for i in range(3)])[None]
+        torch.testing.assert_close(out, plain(xs, ys).expand(3))
+        return
+    for i in range(3):
+        xi = x[i].reshape(4, -1)[:, keep[i]][None]
+        torch.testing.assert_close(out[i : i + 1], plain(xi, y[i].reshape(-1)[keep[i]][None]))
 
 
 def test_ignore_index_equals_slicing_with_batch_reduction():
@@ -360,3 +398,14 @@ def test_no_host_read_with_ignore_index(mode, validate_args, reduce_over):
     x = x.requires_grad_(True)
     with no_host_sync():
         loss(x, y, sample_weight=torch.rand(3, dtype=F64)).backward()
+
+
+@pytest.mark.compile
+def test_compiles_with_fullgraph_and_equals_eager():
+    """No data-dependent branch or shape in the contract: one graph, ignore_index included."""
+    torch._dynamo.reset()
+    x, y = logits_and_labels()
+    y = _ignored(y)
+    loss = DiceLoss(ignore_index=255, empty_target="skip", reduction="none")
+    compiled = torch.compile(loss, fullgraph=True)
+    torch.testing.assert_close(compiled(x, y), loss(x, y))

@@ -71,6 +71,26 @@ def test_dice_equals_monai_in_binary_mode_with_soft_labels():
     same_values_and_grads(DiceLoss(mode="binary", soft_label=True), theirs, x, soft)
 
 
+def test_dice_and_tversky_equal_monai_with_ignore_index():
+    x, y = inputs()
+    y[1, :2] = 255
+    monai_kw = dict(softmax=True, to_onehot_y=True, ignore_index=255, reduction="none")
+    same_values_and_grads(
+        DiceLoss(ignore_index=255, reduction="none"),
+        monai_per_image(monai_losses.DiceLoss(**monai_kw)),
+        x,
+        y,
+        y[:, None],
+    )
+    same_values_and_grads(
+        TverskyLoss(ignore_index=255, reduction="none"),
+        monai_per_image(monai_losses.TverskyLoss(alpha=0.3, beta=0.7, **monai_kw)),
+        x,
+        y,
+        y[:, None],
+    )
+
+
 @SPATIAL
 @pytest.mark.parametrize("reduce_over", ["image", "batch"])
 def test_generalized_dice_equals_monai_without_smoothing(spatial, reduce_over):
