@@ -71,7 +71,8 @@ class _MaskPairs(Metric):
         self.spatial_dims = spatial_dims
 
     def _pairs(self, preds: Tensor, target: Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        check_tensor(preds, "preds"), check_tensor(target, "target")
+        check_tensor(preds, "preds")
+        check_tensor(target, "target")
         d = self.spatial_dims
         if self.mode == "binary":
             preds, target = (
@@ -96,7 +97,9 @@ class _MaskPairs(Metric):
             _check_ndim(preds, d + 1, "preds", "(N, C, *spatial) scores or (N, *spatial) indices")
             _check_same(preds, target)
             for name, labels in (("preds", preds), ("target", target)):
-                if labels.is_floating_point() or labels.min() < 0 or labels.max() >= k:
+                if labels.is_floating_point() or (
+                    labels.numel() and (labels.min() < 0 or labels.max() >= k)
+                ):
                     raise ValueError(f"`{name}` class indices must be integers in [0, {k - 1}].")
             classes = torch.arange(k, device=preds.device).reshape(1, k, *[1] * d)
             p, g = preds[:, None] == classes, target[:, None] == classes

@@ -190,3 +190,13 @@ def test_bad_input_is_named():
         multiclass.update(torch.zeros(2, 4, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`target` class indices"):
         multiclass.update(torch.zeros(2, 3, 8, 8), torch.full((2, 8, 8), 3))
+
+
+@pytest.mark.parametrize("metric_cls", [ClDiceScore, BettiNumberError, BettiMatchingError])
+def test_an_empty_batch_adds_nothing(metric_cls):
+    kwargs = {"num_classes": 3} if metric_cls is ClDiceScore else {}
+    mode = "multiclass" if metric_cls is ClDiceScore else "binary"
+    metric = metric_cls(mode, **kwargs)
+    empty = torch.zeros(0, 8, 8, dtype=torch.long)
+    metric.update(empty, empty)
+    assert metric.count == 0
