@@ -35,13 +35,16 @@ binary masks:
   to the eldest hole of :math:`P` inside it.
 
 "Eldest" orders bars by birth, then by longer life, then by the raster index of the cell
-cripser reports for them. This is **not** the authors' general induced matching of
-Bauer and Lesnick computed from image persistence: it is exact in what it counts for the
-common cases of binary masks (a missing, extra, shifted, split or merged component or hole
-each leaves its bars unmatched, and identical masks have error 0), but among several bars that
-map to one region the representative is chosen by the rule above rather than by the refined
-filtration order, and the matching is defined for binary masks only. 3-D tunnels (dimension
-1) are not matched, as they live in no region; their Betti number error is available.
+cripser reports for them. This is **not** the general induced matching of Bauer and Lesnick
+that the authors compute from image persistence, and it has not been compared with their
+implementation (not installable here). It is a region-level matching through the same
+comparison image: identical masks have error 0; a missing, extra or displaced component or hole
+leaves its bars unmatched; a split or a merge leaves the surplus bars unmatched; the error is
+symmetric, at least the Betti number error and of the same parity (tested). Where several bars
+of :math:`C` map to one region, the representative is chosen by the rule above rather than by
+the refined filtration order, so counts may differ from the authors' in such configurations.
+It is defined for binary masks only. 3-D tunnels (dimension 1) are not matched, as they live in
+no region; their Betti number error is available.
 """
 
 from __future__ import annotations
