@@ -8,14 +8,17 @@ The pieces every diffusion training script otherwise copies, tested once:
 * :mod:`.weighting`: constant, Min-SNR-γ, P2, debiased and EDM weights for each prediction type;
   EDM's preconditioning.
 * :mod:`.noise`: offset noise, input perturbation, SD3's timestep densities, EDM's σ density.
-* :mod:`.buckets`: the loss per timestep bucket, for logging.
+* :mod:`.buckets`: the loss per timestep bucket, for logging (:mod:`.bucket_metric`: as a
+  torchmetrics ``Metric``, loaded on first use).
 
 The loss behind the library's contract is :class:`~lightning_losses.losses.diffusion.DiffusionLoss`
 (registered as ``"diffusion"``). Nothing here imports diffusers: a scheduler is read through its
 attributes.
 """
 
-from .buckets import TimestepBucketLoss, bucket_sums, timestep_buckets
+from typing import TYPE_CHECKING, Any
+
+from .buckets import bucket_sums, timestep_buckets
 from .noise import (
     TIMESTEP_DENSITIES,
     offset_noise,
@@ -56,6 +59,20 @@ from .weighting import (
     p2_weight,
     timestep_weight,
 )
+
+if TYPE_CHECKING:
+    from .bucket_metric import TimestepBucketLoss
+
+
+def __getattr__(name: str) -> Any:
+    # The torchmetrics accumulator is loaded on first use: importing the losses (and the
+    # `lightning-losses` command) should not pay for importing torchmetrics.
+    if name == "TimestepBucketLoss":
+        from .bucket_metric import TimestepBucketLoss
+
+        return TimestepBucketLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PREDICTION_TYPES",
