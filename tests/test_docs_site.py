@@ -164,20 +164,13 @@ def test_gallery_script_draws_every_figure(tmp_path):
 # -- navigation and front matter (no build) -------------------------------------------------
 
 
-def _nav_files(nav) -> list[str]:
-    files = []
-    for item in nav:
-        value = next(iter(item.values())) if isinstance(item, dict) else item
-        files += _nav_files(value) if isinstance(value, list) else [value]
-    return files
-
-
 def test_every_family_with_a_registered_loss_has_a_page_in_the_nav():
     from mkdocs.config import load_config
 
+    hook = _module("registry_table")
+    pages = hook.family_pages(REPO / "docs")
     config = load_config(str(REPO / "mkdocs.yml"))
-    nav = set(_nav_files(config["nav"]))
-    pages = _module("registry_table").family_pages(REPO / "docs")
+    nav = set(hook.nav_files(hook.add_family_pages(config["nav"], pages)))
     for family in FAMILIES:
         if not list_losses(family):
             continue
@@ -186,6 +179,17 @@ def test_every_family_with_a_registered_loss_has_a_page_in_the_nav():
             f"matter `families: [{family}]`"
         )
         assert pages[family] in nav, f"{pages[family]} (family {family!r}) is not in the nav"
+
+
+def test_a_family_page_missing_from_the_nav_joins_the_losses_section():
+    hook = _module("registry_table")
+    nav = [{"Home": "index.md"}, {"Losses": ["losses/index.md", {"Ref": "losses/reference.md"}]}]
+    pages = {"classification": "losses/index.md", "segmentation": "losses/segmentation.md"}
+    assert hook.add_family_pages(nav, pages)[1]["Losses"] == [
+        "losses/index.md",
+        "losses/segmentation.md",
+        {"Ref": "losses/reference.md"},
+    ]
 
 
 # -- a broken docstring reference fails the strict build ------------------------------------

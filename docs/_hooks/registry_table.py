@@ -7,7 +7,9 @@ page, the input and target kinds, the context it needs and its reference. A newl
 loss appears without anyone editing a page.
 
 A family's page is the page whose front matter lists the family, e.g.
-``families: [dro]``; :func:`family_pages` finds them (the docs tests use it too).
+``families: [dro]``; :func:`family_pages` finds them (the docs tests use it too). A family page
+that the ``nav`` of mkdocs.yml does not list yet is added to its "Losses" section, before the
+loss reference, so a new family's page needs only its front matter to appear.
 
 The marker ``<!-- registry:loss-modules -->`` (on the losses API page) becomes one
 mkdocstrings directive per module or subpackage of ``lightning_losses.losses`` that holds
@@ -104,9 +106,36 @@ def loss_module_directives() -> str:
     return "\n\n".join(blocks)
 
 
+def nav_files(nav: list) -> list[str]:
+    """Every page path listed in a ``nav`` (nested sections included)."""
+    paths = []
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        paths += nav_files(value) if isinstance(value, list) else [value]
+    return paths
+
+
+def add_family_pages(nav: list, pages: dict[str, str], section: str = "Losses") -> list:
+    """``nav`` with every page of ``pages`` it lacks inserted into ``section`` (before the loss
+    reference when the section lists it, else at its end)."""
+    listed = set(nav_files(nav))
+    missing = [page for page in dict.fromkeys(pages.values()) if page not in listed]
+    for item in nav:
+        if missing and isinstance(item, dict) and isinstance(item.get(section), list):
+            entries = item[section]
+            at = next(
+                (i for i, e in enumerate(entries) if nav_files([e]) == ["losses/reference.md"]),
+                len(entries),
+            )
+            entries[at:at] = missing
+    return nav
+
+
 def on_files(files: Files, config, **kwargs) -> Files:
     _family_pages.clear()
     _family_pages.update(family_pages(config["docs_dir"]))
+    if config["nav"]:
+        add_family_pages(config["nav"], _family_pages)
     return files
 
 
