@@ -12,22 +12,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._plain_math import plain_math
 from .registry import FAMILIES, list_losses, loss_info, render_reference
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     names = list_losses(args.family)
-    width = max(len(n) for n in names)
+    rows = [("name", "family", "context", "summary")]
     for name in names:
         info = loss_info(name)
-        context = ",".join(info.context) or "-"
-        print(f"{name:<{width}}  {info.family:<14} {context:<14} {info.summary}")
-    print(f"\n{len(names)} losses")
+        summary = plain_math(info.summary)
+        rows.append((name, info.family, ",".join(info.context) or "-", summary))
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+        if i == 0:
+            print("  ".join("-" * w for w in widths), "-" * 7)
+    scope = f" in family {args.family!r}" if args.family else ""
+    print(f"\n{len(names)} losses{scope}; `lightning-losses info NAME` shows one in full.")
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(loss_info(args.name).describe())
+    print(loss_info(args.name).describe(plain=True))
     return 0
 
 
@@ -54,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `lightning-losses list | head`: the reader stopped, not an error
+        sys.stderr.close()
+        return 0
     except ValueError as err:
         print(f"lightning-losses: error: {err}", file=sys.stderr)
         return 2

@@ -61,14 +61,23 @@ class LossInfo:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
-    def describe(self) -> str:
-        """A multi-line text card: summary, formula docstring, defaults, reference."""
+    def describe(self, plain: bool = False) -> str:
+        """A multi-line text card: summary, formula docstring, defaults, reference.
+
+        ``plain=True`` renders the docstring's LaTeX as readable Unicode text (the terminal's
+        ``lightning-losses info``); the default keeps it for the documentation site.
+        """
+        doc = self.doc
+        if plain:
+            from ._plain_math import plain_math
+
+            doc = plain_math(doc)
         lines = [
             f"{self.name}  ({self.cls.__module__}.{self.cls.__qualname__})",
             f"family: {self.family}   input: {self.input}   target: {self.target}   "
             f"context: {', '.join(self.context) or '-'}   per-sample: {self.per_sample}",
             "",
-            textwrap.indent(self.doc, "  "),
+            textwrap.indent(doc, "  "),
             "",
             "defaults:",
             *(f"  {k} = {v!r}" for k, v in self.defaults().items()),
