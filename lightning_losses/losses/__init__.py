@@ -1,9 +1,11 @@
 """Loss families. Importing this package registers every loss."""
 
-from . import diffusion  # noqa: F401  (registers the diffusion family)
-from . import metric  # noqa: F401  (registers the metric-learning family)
-from . import segmentation  # noqa: F401  (registers the segmentation family)
-from . import topology  # noqa: F401  (registers the topology family)
+from . import (
+    diffusion,  # noqa: F401  (registers the diffusion family)
+    metric,  # noqa: F401  (registers the metric-learning family)
+    segmentation,  # noqa: F401  (registers the segmentation family)
+    topology,  # noqa: F401  (registers the topology family)
+)
 from ._base import ClassCountsLoss, Loss
 from .calibration import CorrectnessAwareLoss, DCALoss, MDCALoss
 from .classification import (

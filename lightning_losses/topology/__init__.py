@@ -7,12 +7,8 @@ matching of binary masks (:mod:`.persistence`), and the ground-truth skeleton an
 transforms (:mod:`.transforms`).
 """
 
-from .persistence import (
-    betti_matching_error,
-    betti_number_error,
-    betti_numbers,
-    euler_characteristic,
-)
+from typing import TYPE_CHECKING, Any
+
 from .simple_points import SimplePointSkeletonizer, simple_point_skeleton, simple_points
 from .soft_skeleton import (
     Skeletonizer,
@@ -22,7 +18,36 @@ from .soft_skeleton import (
     soft_open,
     soft_skeleton,
 )
-from .transforms import DistanceTransform, SkeletonTransform, signed_distance
+
+if TYPE_CHECKING:
+    from .persistence import (
+        betti_matching_error,
+        betti_number_error,
+        betti_numbers,
+        euler_characteristic,
+    )
+    from .transforms import DistanceTransform, SkeletonTransform, signed_distance
+
+# The NumPy/SciPy/scikit-image side (metrics, data transforms) is imported on first use, so the
+# topology losses do not pay for SciPy and scikit-image at import.
+_LAZY = {
+    "betti_matching_error": "persistence",
+    "betti_number_error": "persistence",
+    "betti_numbers": "persistence",
+    "euler_characteristic": "persistence",
+    "DistanceTransform": "transforms",
+    "SkeletonTransform": "transforms",
+    "signed_distance": "transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DistanceTransform",
