@@ -227,6 +227,11 @@ def mask_statistics(
         mask = read_mask(mask_path, size).numpy().ravel()
         if ignore_index is not None:
             mask = mask[mask != VOID]
+        if mask.size and int(mask.min()) < 0:
+            raise ValueError(
+                f"Mask {str(mask_path)!r} holds the negative value {int(mask.min())}; mask "
+                "values must be class indices >= 0."
+            )
         found = np.bincount(mask, minlength=counts.size)
         counts = np.pad(counts, (0, found.size - counts.size)) + found
     return counts

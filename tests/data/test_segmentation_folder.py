@@ -15,7 +15,7 @@ from lightning_losses.data import (
     folder_splits,
     list_pairs,
 )
-from lightning_losses.data.segmentation_folder import read_mask
+from lightning_losses.data.segmentation_folder import mask_statistics, read_mask
 
 
 def write_pair(
@@ -178,6 +178,10 @@ def test_void_maps_to_ignore_index_and_range_is_checked(tmp_path):
         read_mask(mask, num_classes=2)
     with pytest.raises(ValueError, match=r"values \[1\] outside the classes \[0, 1\)"):
         read_mask(mask, ignore_index=255, num_classes=1)
+    signed = tmp_path / "signed.tif"  # 32-bit signed pixels: TIFF, not PNG
+    Image.fromarray(np.array([[0, -3], [1, 1]], dtype=np.int32), mode="I").save(signed)
+    with pytest.raises(ValueError, match=r"signed\.tif.*negative value -3"):
+        mask_statistics([(signed, signed)])
     rgb_mask = tmp_path / "rgb.png"
     Image.new("RGB", (4, 4)).save(rgb_mask)
     with pytest.raises(ValueError, match="single-channel"):
