@@ -30,8 +30,9 @@ default), probabilities otherwise.
   the DRO callbacks work unchanged. ``"batch"`` sums over the whole batch first (nnU-Net's
   ``batch_dice``, MONAI's ``batch=True``, smp's only mode); the two disagree (a mean of ratios is
   not a ratio of sums). The batch value is then given to every valid sample, so that the mean
-  over samples equals it; a sample's value then depends on the rest of the batch, and a
-  ``sample_weight`` only rescales it by the mean weight.
+  over samples equals it; a sample's value then depends on the rest of the batch (the instance's
+  ``batch_statistic`` is True), a ``sample_weight`` only rescales it by the mean weight, and
+  under DDP the batch is each process's own.
 * ``empty_target``: what a class with an empty target contributes (empty in the image, or in the
   batch with ``reduce_over="batch"``; "empty" means its target sum over the kept pixels is 0):
 
@@ -63,8 +64,23 @@ The public helpers, for losses built on this contract:
   :class:`RegionSums` (intersection, prediction, target, optionally the L1 difference);
 * :func:`soft_tp_fp_fn` turns them into true positive, false positive and false negative mass,
   in the product form or the L1 form that stays correct for soft labels;
-* :class:`DenseLoss` is the base class holding the options; :meth:`DenseLoss.mean_over_classes`
-  applies ``empty_target`` and ``reduce_over`` and returns the per-sample result.
+* :func:`tp_fp_fn` does the same from sums already computed, :func:`safe_ratio` divides with
+  the clamped denominator, :func:`apply_empty_target` takes the class mean under
+  ``empty_target``;
+* :class:`DenseLoss` is the base class holding the options; :meth:`DenseLoss.prepare` calls
+  :func:`prepare_dense` with them, :meth:`DenseLoss.mean_over_classes` applies ``empty_target``
+  and ``reduce_over`` and returns the per-sample result, and :meth:`DenseLoss.per_sample_result`
+  does the last step for a loss that is not a class mean (generalized Dice);
+* :class:`RegionLoss` (a class mean of per-class terms from :class:`RegionSums`) and
+  :class:`SmoothedRegionLoss` (with ``smooth_nr``, ``smooth_dr``, ``soft_label``) are the bases
+  of Dice, Tversky and Jaccard.
+
+A new dense loss (a topology loss, say) derives from :class:`DenseLoss`, calls
+``self.prepare(input, target)`` in its ``per_sample``, computes per-class values ``(N, C)``
+(``(1, C)`` under ``reduce_over="batch"``) from ``DenseInput.probs`` / ``DenseInput.target``
+(multiplying any pixel-wise term by ``DenseInput.mask`` when it is not None) and returns
+``self.mean_over_classes(d, values, present)``; it then has every option above, and the
+conformance suite checks it.
 """
 
 from __future__ import annotations
@@ -350,6 +366,8 @@ class DenseLoss(Loss):
             )
         self.ignore_index = ignore_index
         self.reduce_over = check_choice(reduce_over, REDUCE_OVER, "reduce_over")
+        # per instance: a batch-level ratio makes each sample's value depend on the batch
+        self.batch_statistic = self.reduce_over == "batch"
         self.empty_target = check_choice(empty_target, self.empty_target_choices, "empty_target")
 
     def prepare(self, input: Tensor, target: Tensor) -> DenseInput:

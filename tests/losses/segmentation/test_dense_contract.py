@@ -409,3 +409,8 @@ def test_compiles_with_fullgraph_and_equals_eager():
     loss = DiceLoss(ignore_index=255, empty_target="skip", reduction="none")
     compiled = torch.compile(loss, fullgraph=True)
     torch.testing.assert_close(compiled(x, y), loss(x, y))
+
+
+def test_batch_reduction_marks_the_instance_as_a_batch_statistic():
+    assert DiceLoss(reduce_over="batch").batch_statistic
+    assert not DiceLoss().batch_statistic and not DiceLoss.batch_statistic
