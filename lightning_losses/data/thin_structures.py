@@ -694,9 +694,14 @@ class ThinStructuresDataset(Dataset[dict[str, Any]]):
         transforms: sample transforms applied in order to every item.
 
     Attributes:
-        images: float32 tensor (N, C, S, S), normalised; masks: int64 (N, S, S) of the label
-        variant; accurate_masks: int64 (N, S, S); num_classes: 2, or 3 when multiclass;
-        mean, std; split; labels.
+        images: float32 tensor (N, C, S, S), normalised.
+        masks: int64 tensor (N, S, S) of the label variant.
+        accurate_masks: int64 tensor (N, S, S), the accurate labels.
+        num_classes: 2, or 3 when ``multiclass``.
+        mean: the per-channel means used to normalise.
+        std: the per-channel standard deviations used to normalise.
+        split: the split's name.
+        labels: the label variant.
 
     Example:
         >>> train = ThinStructuresDataset(32, "train")
