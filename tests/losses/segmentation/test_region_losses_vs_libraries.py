@@ -93,8 +93,12 @@ def test_dice_and_tversky_equal_monai_with_ignore_index():
 
 @SPATIAL
 @pytest.mark.parametrize("reduce_over", ["image", "batch"])
-def test_generalized_dice_equals_monai_without_smoothing(spatial, reduce_over):
+@pytest.mark.parametrize("absent_from_batch", [False, True])
+def test_generalized_dice_equals_monai_without_smoothing(spatial, reduce_over, absent_from_batch):
+    """Absent classes included: from one image, and from the whole batch (MONAI #6765)."""
     x, y = inputs(spatial=spatial)
+    if absent_from_batch:
+        y[y == 3] = 1
     kw = dict(smooth_nr=0.0, smooth_dr=0.0)
     batch = reduce_over == "batch"
     theirs = monai_losses.GeneralizedDiceLoss(
