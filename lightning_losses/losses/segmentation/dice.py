@@ -10,9 +10,11 @@ from torch import Tensor
 from ..._reduce import PerSample
 from ...registry import register_loss
 from ._dense import (
+    DenseInput,
     RegionSums,
     SmoothedRegionLoss,
     overlap_loss,
+    region_sums,
     safe_ratio,
     tp_fp_fn,
 )
@@ -38,8 +40,9 @@ class DiceLoss(SmoothedRegionLoss):
         \ell = \frac{1}{C} \sum_c (1 - D_c) \quad\text{or}\quad
         \ell = \frac{1}{C} \sum_c -\log D_c \ (\texttt{log\_loss=True}).
 
-    V-Net's denominator has squared terms :math:`\sum p^2 + \sum g^2`; this is the linear form
-    of MONAI (``squared_pred=False``), smp and nnU-Net. ``soft_label=True`` takes
+    V-Net's denominator has squared terms :math:`\sum p^2 + \sum g^2` (``squared_pred=True``,
+    as MONAI's option of that name); the default is the linear form of MONAI's default, smp and
+    nnU-Net. ``soft_label=True`` takes
     :math:`TP_c = (\sum p + \sum g - \sum |p - g|)/2` instead (Wang & Blaschko, NeurIPS 2023):
     equal on hard labels, and minimised by :math:`p = g` on soft labels, where the product form
     is not.
@@ -54,7 +57,9 @@ class DiceLoss(SmoothedRegionLoss):
             the V-Net paper has none). Keeping both equal keeps an empty target with an empty
             prediction at loss 0; numerator-only smoothing made training collapse (MONAI #807).
         log_loss: the :math:`-\log D_c` form (smp's ``log_loss``); False.
-        soft_label: the L1 form of the counts, for soft targets; False.
+        squared_pred: the V-Net denominator :math:`\sum p^2 + \sum g^2`; False.
+        soft_label: the L1 form of the counts, for soft targets; False (not with
+            ``squared_pred``).
         mode, from_logits, include_background, ignore_index, reduce_over, empty_target: the
             dense contract, see :mod:`lightning_losses.losses.segmentation._dense`.
 
@@ -72,6 +77,7 @@ class DiceLoss(SmoothedRegionLoss):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         log_loss: bool = False,
+        squared_pred: bool = False,
         soft_label: bool = False,
         mode: str = "multiclass",
         from_logits: bool = True,
@@ -96,6 +102,21 @@ class DiceLoss(SmoothedRegionLoss):
             validate_args=validate_args,
         )
         self.log_loss = bool(log_loss)
+        self.squared_pred = bool(squared_pred)
+        if self.squared_pred and self.soft_label:
+            raise ValueError(
+                "`squared_pred=True` and `soft_label=True` are two different denominators; "
+                "choose one."
+            )
+
+    def sums(self, d: DenseInput, *, difference: bool = False) -> RegionSums:
+        s = super().sums(d, difference=difference)
+        if not self.squared_pred:
+            return s
+        # V-Net: sum p^2 and sum g^2 stand in for sum p and sum g (FP and FN follow from them)
+        squared = d._replace(probs=d.probs.square(), target=d.target.square())
+        squares = region_sums(squared, self.reduce_over)
+        return s._replace(prediction=squares.prediction, target=squares.target)
 
     def class_loss(self, s: RegionSums) -> Tensor:
         tp, fp, fn = tp_fp_fn(s)

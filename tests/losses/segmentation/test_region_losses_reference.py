@@ -85,6 +85,18 @@ def test_dice_matches_the_formula(spatial):
     torch.testing.assert_close(log, ref)
 
 
+def test_dice_squared_denominator_is_v_net():
+    x, y = inputs()
+
+    def v_net(p, g):
+        return 1 - (2 * float((p * g).sum()) + S) / (float((p * p).sum() + (g * g).sum()) + S)
+
+    out = DiceLoss(squared_pred=True, reduction="none")(x, y)
+    torch.testing.assert_close(out, naive(x, y, v_net))
+    with pytest.raises(ValueError, match="squared_pred"):
+        DiceLoss(squared_pred=True, soft_label=True)
+
+
 def test_dice_batch_reduction_is_the_ratio_of_batch_sums():
     x, y = inputs()
     out = DiceLoss(reduction="none", reduce_over="batch")(x, y)

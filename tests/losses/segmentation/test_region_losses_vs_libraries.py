@@ -64,6 +64,15 @@ def test_dice_equals_monai(spatial, include_background):
     same_values_and_grads(DiceLoss(reduce_over="batch", **kw), batch, x, y, y[:, None])
 
 
+@pytest.mark.parametrize("reduce_over", ["image", "batch"])
+def test_squared_dice_equals_monai_squared_pred(reduce_over):
+    x, y = inputs()
+    batch = reduce_over == "batch"
+    theirs = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, batch=batch)
+    ours = DiceLoss(squared_pred=True, reduce_over=reduce_over)
+    same_values_and_grads(ours, theirs, x, y, y[:, None])
+
+
 def test_dice_equals_monai_in_binary_mode_with_soft_labels():
     x, _ = inputs(c=1)
     soft = torch.rand(3, 1, 5, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
