@@ -290,3 +290,37 @@ def test_registered_with_the_documented_defaults(name, defaults):
         else:
             assert getattr(loss, key) == value, key
     assert loss.reduce_over == "image" and loss.mode == "multiclass"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dice",
+        "generalized_dice",
+        "tversky",
+        "focal_tversky",
+        "jaccard",
+        "jaccard_metric",
+        "lovasz_softmax",
+        "lovasz_hinge",
+    ],
+)
+def test_a_better_prediction_has_a_lower_loss(name):
+    """Perfect logits < random logits < logits that pick the wrong class everywhere, and a
+    training step on a toy problem lowers the loss (every registered segmentation loss)."""
+    _, y = inputs(absent=False)
+    onehot = F.one_hot(y, 4).movedim(-1, 1).double()
+    target = onehot if name == "lovasz_hinge" else y
+    loss = build_loss(name)
+    perfect = loss(onehot * 20 - 10, target)
+    random = loss(torch.randn(onehot.shape, generator=torch.Generator().manual_seed(4)), target)
+    wrong = loss(onehot.roll(1, dims=1) * 20 - 10, target)
+    assert perfect < 1e-3 < random < wrong
+    z = torch.zeros(onehot.shape, dtype=F64, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=0.3)
+    start = loss(z, target).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss(z, target).backward()
+        opt.step()
+    assert loss(z, target).item() < 0.5 * start
