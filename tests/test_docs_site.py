@@ -65,10 +65,9 @@ def _inventory(site: Path) -> set[str]:
     return {line.split(" ", 1)[0] for line in lines if line}
 
 
-# -- the full site --------------------------------------------------------------------------
+# -- the full site (one build, about 25 s on 2 busy cores) ----------------------------------
 
 
-@pytest.mark.slow
 def test_every_registered_loss_is_in_the_generated_table_with_a_link_to_its_api_entry(site):
     page = (site / "losses" / "index.html").read_text()
     rows = {}
@@ -87,7 +86,6 @@ def test_every_registered_loss_is_in_the_generated_table_with_a_link_to_its_api_
         assert f">{info.family}<" in rows[name] and f"<code>{info.input}</code>" in rows[name]
 
 
-@pytest.mark.slow
 def test_every_public_callback_has_an_api_entry(site):
     inventory = _inventory(site)
     page = (site / "api" / "callbacks" / "index.html").read_text()
@@ -96,7 +94,6 @@ def test_every_public_callback_has_an_api_entry(site):
         assert f'id="lightning_losses.callbacks.{name}"' in page, name
 
 
-@pytest.mark.slow
 def test_docstring_formulas_become_math_and_parse_with_katex(site):
     page = (site / "api" / "losses" / "index.html").read_text()
     # FocalLoss's `.. math::` block, now a displayed formula, and a `:math:` role, now inline.
@@ -136,7 +133,6 @@ console.log(JSON.stringify(failed));
     assert json.loads(result.stdout) == []
 
 
-@pytest.mark.slow
 def test_gallery_figures_are_on_the_page_and_small(site):
     figures = sorted((REPO / "docs" / "gallery").glob("*.png"))
     page = (REPO / "docs" / "gallery.md").read_text()
