@@ -122,3 +122,25 @@ def test_image_folder_tree(tmp_path):
     )
     assert cli.model.net.num_classes == 3
     assert (run_dir / "test_metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--model.loss", "focl", r"unknown loss name 'focl'\. Did you mean 'focal'"),
+        ("--model.backbone", "resnet19", r"'resnet19' is not a timm architecture.*'resnet18'"),
+        ("--data.data_dir", "/no/such/folder", r"`data_dir` must be an existing folder"),
+        ("--model.lr", "abc", r'Parser key "model.lr".*Got value: abc'),
+        ("--model.loss_kwargs", '{"gama": 2}', r"unknown option\(s\) 'gama'"),
+    ],
+)
+def test_a_wrong_option_is_one_readable_line(tmp_path, capsys, option, value, expected):
+    import re
+
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path, option, value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and re.search(expected, lines[0]), err
+    assert "Traceback" not in err and "usage:" not in err

@@ -18,7 +18,6 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
@@ -30,6 +29,8 @@ from ..callbacks.infobatch import estimated_stepping_batches
 from ..metrics import GroupAccuracy
 from ..mixins import LossMixin
 from ..registry import build_loss
+from .backbones import check_timm_backbone
+from .recipe_cli import RecipeCLI, run_recipe_cli
 from .report import format_table, write_report
 
 
@@ -92,7 +93,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
         self.save_hyperparameters()
         check_choice(head, ("linear", "cosine"), "head")
         self.net = timm.create_model(
-            backbone,
+            check_timm_backbone(backbone),
             pretrained=pretrained or checkpoint_path is not None,
             pretrained_cfg_overlay={"file": checkpoint_path} if checkpoint_path else None,
             num_classes=num_classes if head == "linear" else 0,
@@ -252,7 +253,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class ClassificationCLI(LightningCLI):
+class ClassificationCLI(RecipeCLI):
     """LightningCLI that fills model sizes from the data and tests right after ``fit``.
 
     The datamodule is any ``LightningDataModule`` with ``num_classes`` and ``in_chans``
@@ -295,7 +296,8 @@ _DEFAULT_DATA = "lightning_losses.data.ClassificationDataModule"
 
 
 def cli_main(args: list[str] | None = None, **kwargs: Any) -> ClassificationCLI:
-    return ClassificationCLI(
+    return run_recipe_cli(
+        ClassificationCLI,
         ClassificationModule,
         L.LightningDataModule,
         subclass_mode_data=True,
