@@ -118,7 +118,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: Skip reasons that mean a declared test dependency is missing, not a property of the machine.
-MISSING_DEPENDENCY = ("could not import", "needs the gloo backend")
+MISSING_DEPENDENCY = ("could not import", "is not installed", "needs the gloo backend")
 
 
 def _fail_missing_dependency_under_ci(report):
