@@ -28,11 +28,17 @@ further identities carry id 0, Market's distractor id. Train ids are ``0 .. T - 
 labels); query and gallery ids are ``1 .. E`` (0 is the distractor id).
 
 **Difficulty knobs.** Harder: fewer ``num_colours`` (more identities share colours), larger
-``camera_shift``, ``max_blur``, ``noise``, ``scale_jitter`` and ``brightness``, more
-``num_identities``, smaller ``image_size``. The defaults are chosen so that a ResNet-18 trained
-for a few CPU minutes with cross-entropy alone stays clearly below a rank-1 of 1.0 and well below
-an mAP of 1.0, while the colour, texture and logo codes leave room for metric-learning losses to
-do better.
+``camera_shift``, ``max_blur``, ``noise``, ``scale_jitter`` and ``brightness``, fewer
+``shots_per_camera``, more ``num_identities``, smaller ``image_size``. The defaults are set for
+a recipe that trains a ResNet-18 from scratch in a few CPU minutes: raw pixels give a rank-1
+near 0 (the camera, not the person, decides the nearest image), and the identity codes are
+learnable within a few hundred steps. Measured with a ResNet-18 (``pretrained=False``, 64 x
+32 input, BNNeck, P x K = 16 x 4, Adam 3.5e-4 with a 3-epoch warm-up, cosine distance, seed 0)
+after 12 epochs (about 220 steps): cross-entropy with label smoothing 0.1 alone R1 0.27, mAP
+0.30, mINP 0.20; plus a batch-hard triplet loss (margin 0.3) R1 0.32, mAP 0.41, mINP 0.32.
+A harder setting (``num_identities=500, shots_per_camera=2, num_colours=8,
+camera_shift=0.35, max_blur=1.2, noise=0.06, scale_jitter=0.25, brightness=0.2``) gave R1
+0.08, mAP 0.21 with the triplet loss after 12 epochs.
 
 Samples are mappings ``{"image": float32 (3, H, W), "id": int, "camera": int, "index": int}``
 (``index``: the position in its split, the library's index channel). Images are stored as
@@ -214,19 +220,19 @@ def _render(
 
 
 def synthetic_identities(
-    num_identities: int = 500,
+    num_identities: int = 300,
     num_train: int | None = None,
     num_cameras: int = 6,
     cameras_per_identity: int = 3,
-    shots_per_camera: int = 2,
+    shots_per_camera: int = 3,
     num_distractors: int = 100,
     image_size: tuple[int, int] = (64, 32),
-    num_colours: int = 8,
-    camera_shift: float = 0.35,
-    max_blur: float = 1.2,
-    noise: float = 0.06,
-    scale_jitter: float = 0.25,
-    brightness: float = 0.2,
+    num_colours: int = 12,
+    camera_shift: float = 0.15,
+    max_blur: float = 0.6,
+    noise: float = 0.03,
+    scale_jitter: float = 0.1,
+    brightness: float = 0.1,
     flip: bool = True,
     seed: int = 0,
     augment_train: bool = True,
@@ -234,7 +240,7 @@ def synthetic_identities(
     r"""The embedded identity dataset (see the module docstring), split Market-style.
 
     Args:
-        num_identities: identities in total (train + test), default 500.
+        num_identities: identities in total (train + test), default 300.
         num_train: train identities; default half of ``num_identities`` (Market: 751 / 750).
         num_cameras: cameras, default 6 (as Market-1501).
         cameras_per_identity: cameras that see each identity, in ``[2, num_cameras]``.
@@ -254,7 +260,7 @@ def synthetic_identities(
     Example:
         >>> splits = synthetic_identities(num_identities=40, num_distractors=5)
         >>> len(splits.train), len(splits.query), len(splits.gallery)
-        (120, 60, 65)
+        (180, 60, 125)
     """
     check_int(num_identities, "num_identities", 2)
     num_train = num_identities // 2 if num_train is None else num_train

@@ -37,8 +37,8 @@ def test_deterministic_from_the_seed(small):
 
 def test_split_sizes_ids_and_market_structure(small):
     train, query, gallery = small
-    # 20 train and 20 test identities, 3 cameras x 2 shots each; one query per camera
-    assert (len(train), len(query), len(gallery)) == (120, 60, 66)
+    # 20 train and 20 test identities, 3 cameras x 3 shots each; one query per camera
+    assert (len(train), len(query), len(gallery)) == (180, 60, 126)
     assert sorted(set(train.ids.tolist())) == list(range(20))
     assert set(query.ids.tolist()) == set(range(1, 21))
     assert set(gallery.ids.tolist()) == set(range(0, 21))
@@ -47,7 +47,8 @@ def test_split_sizes_ids_and_market_structure(small):
         q_cams = query.cameras[query.ids == pid]
         g_cams = gallery.cameras[gallery.ids == pid]
         assert len(set(q_cams.tolist())) == 3 == len(q_cams)  # one query per camera
-        assert Counter(g_cams.tolist()) == Counter(q_cams.tolist())  # matches under other cameras
+        # two more shots under each of its cameras: matches under the other cameras
+        assert Counter(g_cams.tolist()) == Counter(2 * q_cams.tolist())
     # train and test people are different people: no train image appears among the test ones
     test_images = torch.cat([query.images, gallery.images]).flatten(1)
     assert not (train.images.flatten(1)[:, None] == test_images[None]).all(-1).any()
@@ -123,8 +124,8 @@ def test_datamodule_trains_with_pk_batches_and_evaluates_query_and_gallery():
     seen = [b for b in dm.val_dataloader()]
     is_query = torch.cat([b["is_query"] for b in seen])
     index = torch.cat([b["index"] for b in seen])
-    assert int(is_query.sum()) == len(dm.splits.query) and len(is_query) == 126
-    assert torch.equal(index, torch.arange(126))
+    assert int(is_query.sum()) == len(dm.splits.query) and len(is_query) == 186
+    assert torch.equal(index, torch.arange(186))
     assert isinstance(dm.test_dataloader().dataset, QueryGallery)
 
 
@@ -176,7 +177,7 @@ def test_datamodule_shards_by_identity_and_evaluation_by_sample_under_ddp():
         assert (sampler.num_replicas, sampler.rank) == (2, rank)
         shares.append([dm.splits.train.ids[b].unique().tolist() for b in sampler])
         val = dm.val_dataloader()
-        assert isinstance(val.sampler, DistributedSampler) and len(val.sampler) == 63
+        assert isinstance(val.sampler, DistributedSampler) and len(val.sampler) == 93
     assert len(shares[0]) == len(shares[1])
     assert all(not set(a) & set(b) for a, b in zip(*shares, strict=True))
 
