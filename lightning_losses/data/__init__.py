@@ -4,6 +4,7 @@ from .datamodule import ClassificationDataModule
 from .digit_variants import DigitVariantsDataModule, digit_variants
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
 from .group_balanced import GroupBalancedSampler
+from .identities import IdentityImages, ReIDSplits, synthetic_identities
 from .image_folder import (
     IMG_EXTENSIONS,
     ImageFolderDataset,
@@ -13,7 +14,10 @@ from .image_folder import (
     load_image,
 )
 from .long_tail import long_tail_counts, long_tail_indices, stratified_split
+from .market1501 import Market1501Images, market1501_splits, parse_market_name
+from .pk_sampler import PKSampler
 from .planned_batches import PlannedBatchSampler
+from .reid_datamodule import QueryGallery, ReIDDataModule
 from .segmentation_datamodule import SegmentationDataModule
 from .segmentation_folder import SegmentationFolderDataset, folder_splits, list_pairs
 from .spurious import SpuriousDigits, SpuriousDigitsDataModule, spurious_digits_splits
@@ -34,8 +38,14 @@ __all__ = [
     "DigitVariantsDataModule",
     "DigitsDataset",
     "GroupBalancedSampler",
+    "IdentityImages",
     "ImageFolderDataset",
+    "Market1501Images",
+    "PKSampler",
     "PlannedBatchSampler",
+    "QueryGallery",
+    "ReIDDataModule",
+    "ReIDSplits",
     "SegmentationDataModule",
     "SegmentationFolderDataset",
     "SpuriousDigits",
@@ -52,7 +62,10 @@ __all__ = [
     "load_image",
     "long_tail_counts",
     "long_tail_indices",
+    "market1501_splits",
+    "parse_market_name",
     "spurious_digits_splits",
     "stratified_split",
+    "synthetic_identities",
     "thin_structures",
 ]
