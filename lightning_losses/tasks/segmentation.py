@@ -4,9 +4,10 @@
 ``cli_main`` runs it through ``LightningCLI`` (the recipe ``recipes/segmentation.py``) with
 :class:`~lightning_losses.data.SegmentationDataModule` by default. Validation reports Dice. At the
 end of test it reports, for every test split of the datamodule (``test_split_names``: the
-in-distribution split and the out-of-distribution ones), Dice, IoU, the Hausdorff distance,
-clDice, the Betti number errors and the Betti matching error, printed as one table and written
-as ``test_metrics.json`` to the run's log directory, with ``test_panel.png``: a few test images,
+in-distribution split and the out-of-distribution ones), Dice, IoU, the 95th-percentile
+Hausdorff distance (:class:`~lightning_losses.tasks.hausdorff.HausdorffDistance95`), clDice, the
+Betti number errors and the Betti matching error, printed as one table and written as
+``test_metrics.json`` to the run's log directory, with ``test_panel.png``: a few test images,
 their ground truth, the prediction and its errors.
 """
 
@@ -25,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.segmentation import DiceScore, HausdorffDistance, MeanIoU
+from torchmetrics.segmentation import DiceScore, MeanIoU
 
 from .._reduce import PerSample, reduce_loss
 from ..callbacks.infobatch import estimated_stepping_batches
@@ -33,6 +34,7 @@ from ..losses._base import BATCH_CONTEXT, CALL_CONTEXT, Loss
 from ..metrics.topology import BettiMatchingError, BettiNumberError, ClDiceScore
 from ..mixins import LossMixin
 from ..registry import build_loss
+from .hausdorff import HausdorffDistance95
 from .recipe_cli import RecipeCLI, run_recipe_cli
 from .report import write_report
 
@@ -217,7 +219,7 @@ class SegmentationModule(LossMixin, L.LightningModule):
             {
                 "dice": DiceScore(k, include_background=False, input_format="index"),
                 "iou": MeanIoU(k, include_background=False, input_format="index"),
-                "hausdorff": HausdorffDistance(k, include_background=False, input_format="index"),
+                "hd95": HausdorffDistance95(k),
                 "cldice": ClDiceScore(**topology),
                 "betti": BettiNumberError(**topology),
                 "betti_matching": BettiMatchingError(**topology),
@@ -305,7 +307,8 @@ def _jsonable(value: Any) -> Any:
 REPORT_ROWS = (
     ("dice", "Dice"),
     ("iou", "IoU"),
-    ("hausdorff", "Hausdorff (px, max)"),
+    ("hd95", "HD95 (px)"),
+    ("hd95_undefined", "HD95 undefined (share)"),
     ("cldice", "clDice"),
     ("betti_0", "Betti error b0"),
     ("betti_1", "Betti error b1"),
