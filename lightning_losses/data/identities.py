@@ -37,12 +37,10 @@ learnable within a few hundred steps. Measured once (seed 0) with a ResNet-18
 with a 3-epoch warm-up, weight decay 5e-4, cosine distance on the BNNeck features), as R1 /
 mAP / mINP:
 
-=====================================  ==================  ==================
-training                               after 12 epochs     after 21 epochs
-=====================================  ==================  ==================
-cross-entropy, label smoothing 0.1     0.27 / 0.30 / 0.20  0.86 / 0.84 / 0.77
-the same + batch-hard triplet (0.3)    0.32 / 0.41 / 0.32  0.77 / 0.80 / 0.73
-=====================================  ==================  ==================
+* cross-entropy with label smoothing 0.1: 0.27 / 0.30 / 0.20 after 12 epochs,
+  0.86 / 0.84 / 0.77 after 21;
+* the same plus a batch-hard triplet term (margin 0.3): 0.32 / 0.41 / 0.32 after 12 epochs,
+  0.77 / 0.80 / 0.73 after 21
 
 (the triplet term on the un-normalised pre-BNNeck features, Euclidean). A harder setting
 (``num_identities=500, shots_per_camera=2, num_colours=8, camera_shift=0.35, max_blur=1.2,
