@@ -285,7 +285,7 @@ class SegmentationModule(LossMixin, L.LightningModule):
                     panel["pred"],
                     out / "test_panel.png",
                     title=f"{self.split_names[0]}: errors red = false positive, blue = false "
-                    "negative",
+                    "negative, grey = correct foreground",
                 )
             )
         rank_zero_info(f"test report written to {', '.join(str(p) for p in written)}")
