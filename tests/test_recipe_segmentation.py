@@ -113,7 +113,7 @@ def test_default_and_overlays_write_the_report_per_test_split(tmp_path, overlay,
     assert list(cli.model.criterion.terms) == terms
     assert report["hparams"]["loss"] == terms
     for name in terms:  # every term logged by name
-        assert f"train/loss/{name}_epoch" in _logged_tags(run_dir)
+        assert f"train/loss/{name}" in _logged_tags(run_dir)
     assert cli.model.net.segmentation_head[0].out_channels == 2  # linked from the datamodule
     if overlay == "segmentation_skeleton_recall.yaml":
         sample = dm.train_dataset[0]
@@ -182,6 +182,18 @@ def test_weighted_sum_is_the_weighted_sum_of_its_terms_per_image():
     torch.testing.assert_close(total(logits, target), expected)
     assert set(total.last_terms) == {"cross_entropy", "dice"}
     torch.testing.assert_close(total.last_terms["dice"], dice(logits, target).mean())
+
+
+def test_weighted_sum_reads_nothing_back_to_the_host():
+    from lightning_losses.testing import no_host_sync
+
+    logits = torch.randn(2, 2, 8, 8, requires_grad=True)
+    target = torch.randint(0, 2, (2, 8, 8))
+    terms = {"cross_entropy": build_loss("cross_entropy"), "dice": build_loss("dice")}
+    total = WeightedLossSum(terms, [1.0, 1.0])
+    with no_host_sync():
+        total(logits, target).backward()
+    assert logits.grad is not None
 
 
 def test_weighted_sum_passes_context_only_to_the_terms_that_declare_it():

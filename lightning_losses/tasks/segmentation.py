@@ -189,7 +189,10 @@ class SegmentationModule(LossMixin, L.LightningModule):
 
     def _log_terms(self, stage: str, batch_size: int) -> None:
         for name, value in self.criterion.last_terms.items():
-            self.log(f"{stage}/loss/{name}", value, on_epoch=True, batch_size=batch_size)
+            # epoch means only, as LossMixin logs its terms: no per-step logging cost
+            self.log(
+                f"{stage}/loss/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size
+            )
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch["image"])
