@@ -348,9 +348,12 @@ def _step_fit(args, callbacks: list[Any], seed: int) -> tuple[float, float]:
             )
             self.criterion = build_loss("cross_entropy")
 
+        def forward(self, x):
+            return self.net(x)
+
         def training_step(self, batch, batch_idx):
             x, y = batch
-            logits = self.net(x)
+            logits = self(x)
             if batch_idx % 2:
                 return self.compute_loss(logits, y, batch=batch)
             loss = F.cross_entropy(logits, y)

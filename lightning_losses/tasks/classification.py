@@ -18,7 +18,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -204,8 +204,8 @@ class ClassificationModule(LossMixin, L.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             self.temperature.fit(logits.clone(), labels.clone())
         fit = self.temperature.last_fit
-        if fit is not None and fit.status != "fitted":
-            rank_zero_info(
+        if fit is not None and fit.skipped:
+            rank_zero_warn(
                 f"temperature scaling {fit.status} (validation NLL {fit.nll_before:.4f}); the "
                 "report shows no post-scaling figures."
             )
