@@ -277,7 +277,7 @@ class SegmentationModule(LossMixin, L.LightningModule):
             "epoch": self.current_epoch,
         }
         json_path = out / "test_metrics.json"
-        json_path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+        json_path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
         written = [json_path]
         if self._panel["pred"]:
             panel = {k: torch.cat(v) for k, v in self._panel.items()}
@@ -300,10 +300,6 @@ class SegmentationModule(LossMixin, L.LightningModule):
         steps = max(1, estimated_stepping_batches(self.trainer))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _jsonable(value: Any) -> Any:
-    return float(value) if not isinstance(value, tuple | list) else list(value)
 
 
 #: Rows of the report table: (key, label).
