@@ -1,8 +1,8 @@
 """Side-by-side quality of losses in the classification recipe, over seeds, in one run.
 
-Each row trains the recipe (``recipes/configs/classification.yaml`` plus one overlay) for every
-seed (the seed sets the split, the initialisation and the shuffling), reads the test report and
-prints mean and standard deviation of accuracy, macro-F1 and ECE as a Markdown table.
+Each row trains the recipe (``recipes/configs/classification.yaml``, the 12-epoch schedule of
+``classification_long.yaml``, plus one overlay) for every seed (the seed sets the split, the
+initialisation and the shuffling), reads the test report and prints mean and standard deviation of accuracy, macro-F1 and ECE as a Markdown table.
 
     python benchmarks/classification_losses.py                     # all overlays, 3 seeds
     python benchmarks/classification_losses.py --overlays longtail longtail_ldam_drw --seeds 0
@@ -40,6 +40,8 @@ def run_one(overlay: str, seed: int, out_root: Path) -> dict[str, float]:
         "fit",
         "--config",
         str(CONFIGS / "classification.yaml"),
+        "--config",
+        str(CONFIGS / "classification_long.yaml"),
     ]
     if overlay != "none":
         cmd += ["--config", str(CONFIGS / f"{overlay}.yaml")]
