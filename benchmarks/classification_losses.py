@@ -2,7 +2,8 @@
 
 Each row trains the recipe (``recipes/configs/classification.yaml``, the 12-epoch schedule of
 ``classification_long.yaml``, plus one overlay) for every seed (the seed sets the split, the
-initialisation and the shuffling), reads the test report and prints mean and standard deviation of accuracy, macro-F1 and ECE as a Markdown table.
+initialisation and the shuffling), reads the test report and prints mean and standard deviation
+of accuracy, macro-F1 and ECE as a Markdown table.
 
     python benchmarks/classification_losses.py                     # all overlays, 3 seeds
     python benchmarks/classification_losses.py --overlays longtail longtail_ldam_drw --seeds 0
