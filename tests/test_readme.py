@@ -21,7 +21,6 @@ def test_readme_model_trains():
     exec(_python_blocks()[0], namespace)  # defines Model exactly as the README shows it
     model = namespace["Model"]()
     data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
-    model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = L.Trainer(
         max_steps=2,
         logger=False,
@@ -32,6 +31,11 @@ def test_readme_model_trains():
     )
     trainer.fit(model, DataLoader(data, batch_size=4))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_every_python_block_runs_as_written():
+    for block in _python_blocks():
+        exec(block, {})
 
 
 def test_readme_contract_snippet():
