@@ -13,9 +13,12 @@ the confidences move.
 **When the split gives no signal.** On a perfectly separated split (every prediction correct)
 the NLL keeps falling as :math:`T \to 0`: there is no finite minimiser, and the fitted
 temperature collapses towards 0, which makes every later mistake catastrophically confident.
-Likewise an optimum outside ``bounds`` (default :math:`[0.05, 20]`) says the split is too small
-or too easy to estimate :math:`T`. In both cases :func:`fit_temperature_checked` keeps
-:math:`T = 1` and says why in :attr:`TemperatureFit.status`.
+With only a few mistakes the minimiser is finite but set by those few samples' margins (one
+wrong prediction out of 180 gives :math:`T \approx 0.07`, which multiplies the NLL of a test
+split several-fold); so a split with fewer than ``min_errors`` (default 5) wrong predictions is
+not used. Likewise an optimum outside ``bounds`` (default :math:`[0.05, 20]`) says the split is
+too small or too easy to estimate :math:`T`. In these cases :func:`fit_temperature_checked`
+keeps :math:`T = 1` and says why in :attr:`TemperatureFit.status`.
 
 Fit on a validation split, never on the test split you report. Under DDP, gather the
 validation logits of every process first (e.g. ``LightningModule.all_gather``) so that every
@@ -45,6 +48,8 @@ def _nll(logits: Tensor, labels: Tensor, log_t: Tensor) -> Tensor:
 
 #: Temperatures outside these bounds are not trusted: the split cannot estimate them.
 DEFAULT_BOUNDS = (0.05, 20.0)
+#: Fewer wrong predictions than this on the fitting split: the fit is not trusted.
+DEFAULT_MIN_ERRORS = 5
 
 
 class TemperatureFit(NamedTuple):
@@ -67,6 +72,7 @@ def fit_temperature(
     *,
     ignore_index: int | None = None,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    min_errors: int = DEFAULT_MIN_ERRORS,
 ) -> float:
     r"""The temperature :math:`T` that minimises the NLL of ``softmax(logits / T)``.
 
@@ -79,12 +85,13 @@ def fit_temperature(
         max_iter: maximum L-BFGS iterations (>= 1); 50 is ample for one scalar.
         ignore_index: elements whose label equals it are left out (dense tasks), or None.
         bounds: the range of temperatures trusted, ``(low, high)``.
+        min_errors: the fewest wrong predictions the split must hold for a trusted fit.
 
     Returns:
         The fitted temperature as a Python float.
     """
     return fit_temperature_checked(
-        logits, labels, max_iter, ignore_index=ignore_index, bounds=bounds
+        logits, labels, max_iter, ignore_index=ignore_index, bounds=bounds, min_errors=min_errors
     ).temperature
 
 
@@ -95,16 +102,19 @@ def fit_temperature_checked(
     *,
     ignore_index: int | None = None,
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    min_errors: int = DEFAULT_MIN_ERRORS,
 ) -> TemperatureFit:
     r"""Fit :math:`T` and say whether the fit can be trusted (see the module docstring).
 
     The optimisation runs in float64 on detached copies, starting from :math:`T = 1`. The
     result keeps :math:`T = 1` when every prediction of the split is already correct (no finite
-    minimiser), when the optimum lies outside ``bounds``, or when fitting does not lower the
-    NLL below that of :math:`T = 1` (an already calibrated model); so fitting never makes the
-    NLL on the fitting data worse, and never returns a degenerate temperature.
+    minimiser), when fewer than ``min_errors`` are wrong, when the optimum lies outside
+    ``bounds``, or when fitting does not lower the NLL below that of :math:`T = 1` (an already
+    calibrated model); so fitting never makes the NLL on the fitting data worse, and never
+    returns a degenerate temperature.
     """
     check_int(max_iter, "max_iter", 1)
+    check_int(min_errors, "min_errors", 0)
     low, high = bounds
     if not 0 < low < 1 < high or not math.isfinite(high):
         raise ValueError(
@@ -117,11 +127,21 @@ def fit_temperature_checked(
     y = y.detach()
     zero = torch.zeros((), dtype=torch.float64, device=z.device)
     nll_one = float(_nll(z, y, zero))
-    if bool((z.argmax(1) == y).all()):
+    errors = int((z.argmax(1) != y).sum())
+    if errors == 0:
         return TemperatureFit(
             1.0,
             f"skipped: all {z.shape[0]} predictions of the fitting split are correct, so its "
             "NLL falls as T -> 0 and has no finite minimiser; T kept at 1",
+            nll_one,
+            nll_one,
+        )
+    if errors < min_errors:
+        return TemperatureFit(
+            1.0,
+            f"skipped: only {errors} of {z.shape[0]} predictions of the fitting split are wrong "
+            f"(fewer than min_errors={min_errors}), so the NLL's minimiser is set by those few "
+            "margins; T kept at 1",
             nll_one,
             nll_one,
         )
@@ -190,11 +210,17 @@ class TemperatureScaler(nn.Module):
         *,
         ignore_index: int | None = None,
         bounds: tuple[float, float] = DEFAULT_BOUNDS,
+        min_errors: int = DEFAULT_MIN_ERRORS,
     ) -> TemperatureScaler:
         """Fit :math:`T` on held-out ``logits`` and ``labels`` (see
         :func:`fit_temperature_checked`)."""
         self.last_fit = fit_temperature_checked(
-            logits, labels, max_iter, ignore_index=ignore_index, bounds=bounds
+            logits,
+            labels,
+            max_iter,
+            ignore_index=ignore_index,
+            bounds=bounds,
+            min_errors=min_errors,
         )
         self.log_temperature.fill_(math.log(self.last_fit.temperature))
         return self

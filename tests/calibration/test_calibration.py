@@ -307,6 +307,19 @@ def test_perfectly_separated_split_keeps_the_temperature_at_one():
     assert scaler.temperature == 1.0 and scaler.last_fit == fit
 
 
+def test_a_split_with_too_few_mistakes_is_not_trusted():
+    """One wrong prediction sets the minimiser: T collapses and a test split's NLL explodes."""
+    z, _ = _synthetic(1.0, n=400, k=10, seed=3)
+    y = z.argmax(1)
+    y[0] = (y[0] + 1) % 10  # a single mistake
+    fit = fit_temperature_checked(z, y)
+    assert fit.skipped and fit.temperature == 1.0 and "only 1 of 400" in fit.status
+    # what the unguarded fit would have done: far below the logits' true temperature, 1
+    assert fit_temperature_checked(z, y, min_errors=1, bounds=(1e-6, 1e6)).temperature < 0.5
+    with pytest.raises(ValueError, match="`min_errors`"):
+        fit_temperature_checked(z, y, min_errors=-1)
+
+
 def test_optimum_outside_the_bounds_is_not_trusted():
     z, y = _synthetic(2.5)
     assert fit_temperature_checked(z, y).status == "fitted"
