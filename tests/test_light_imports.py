@@ -45,3 +45,14 @@ def test_losses_and_the_registry_import_only_torch():
 def test_the_probe_sees_a_heavy_import():
     """The check above can fail: the callbacks do import Lightning."""
     assert "lightning" in _loaded_after("from lightning_losses.callbacks import InfoBatch")
+
+
+def test_callbacks_and_metrics_need_no_recipe_extra():
+    """The core install (no extras) runs the callbacks and the library's metrics. (SciPy is not
+    checked here: torchmetrics imports it whenever it is installed.)"""
+    code = (
+        "from lightning_losses.callbacks import InfoBatch, GroupDRO, Distillation, SAM\n"
+        "from lightning_losses.metrics import GroupAccuracy, ReIDMetrics\n"
+    )
+    loaded = _loaded_after(code)
+    assert not set(loaded) & {"timm", "segmentation_models_pytorch", "sklearn", "skimage"}
