@@ -1,7 +1,5 @@
 """Data for the recipes: embedded datasets, real folder loaders, long-tail subsets, datamodules."""
 
-from typing import TYPE_CHECKING, Any
-
 from .datamodule import ClassificationDataModule
 from .digit_variants import DigitVariantsDataModule, digit_variants
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
@@ -20,41 +18,16 @@ from .market1501 import Market1501Images, market1501_splits, parse_market_name
 from .pk_sampler import PKSampler
 from .planned_batches import PlannedBatchSampler
 from .reid_datamodule import QueryGallery, ReIDDataModule
+from .segmentation_datamodule import SegmentationDataModule
+from .segmentation_folder import SegmentationFolderDataset, folder_splits, list_pairs
 from .spurious import SpuriousDigits, SpuriousDigitsDataModule, spurious_digits_splits
-
-if TYPE_CHECKING:
-    from .segmentation_datamodule import SegmentationDataModule
-    from .segmentation_folder import SegmentationFolderDataset, folder_splits, list_pairs
-    from .thin_structures import (
-        LABEL_VARIANTS,
-        OOD_SPLITS,
-        ThinStructureParams,
-        ThinStructuresDataset,
-        thin_structures,
-    )
-
-#: The segmentation data need SciPy (the [segmentation] extra): loaded on first use, so the
-#: samplers the callbacks use import without it.
-_LAZY = {
-    "SegmentationDataModule": "segmentation_datamodule",
-    "SegmentationFolderDataset": "segmentation_folder",
-    "folder_splits": "segmentation_folder",
-    "list_pairs": "segmentation_folder",
-    "LABEL_VARIANTS": "thin_structures",
-    "OOD_SPLITS": "thin_structures",
-    "ThinStructureParams": "thin_structures",
-    "ThinStructuresDataset": "thin_structures",
-    "thin_structures": "thin_structures",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .thin_structures import (
+    LABEL_VARIANTS,
+    OOD_SPLITS,
+    ThinStructureParams,
+    ThinStructuresDataset,
+    thin_structures,
+)
 
 __all__ = [
     "DIGITS_CLASSES",

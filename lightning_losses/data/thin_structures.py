@@ -26,8 +26,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy import ndimage
-from scipy.signal import lfilter
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -240,6 +238,8 @@ def _walks(
     The curvature is an AR(1) process (coefficient 0.95 per 0.5 px step: a correlation length
     of about 10 px) of stationary standard deviation ``curvature``.
     """
+    from scipy.signal import lfilter  # SciPy only where images are drawn (the [segmentation] extra)
+
     k = len(starts)
     if k == 0:
         return []
@@ -478,6 +478,8 @@ def _render(
     p: ThinStructureParams,
     variant: str,
 ) -> _Sample:
+    from scipy import ndimage  # SciPy only where images are drawn (the [segmentation] extra)
+
     geo = np.random.default_rng([*seeds, _GEOMETRY])
     curves = _structures(geo, size, p)
     blobs = _blobs(geo, size, p) if multiclass else []
@@ -574,6 +576,8 @@ def _pseudo_label(
 ) -> np.ndarray:
     """Difference of Gaussians (0.7 px and 3 px) above ``pseudo_threshold`` standard deviations,
     components under 5 px dropped; blobs: a coarser response opened with a disc of radius 2."""
+    from scipy import ndimage  # SciPy only where images are drawn (the [segmentation] extra)
+
     response = ndimage.gaussian_filter(grey, 0.7) - ndimage.gaussian_filter(grey, 3.0)
     fg = response > response.mean() + p.pseudo_threshold * response.std()
     components, count = ndimage.label(fg, structure=np.ones((3, 3)))
