@@ -401,15 +401,20 @@ class BinaryFocalLoss(BinaryLoss):
         x, t = b.logits, b.target
         if self.gamma == 0 and self.alpha is None:
             return self._weighted(F.binary_cross_entropy_with_logits(x, t, reduction="none"), b)
-        # log(1 - p) by its own kernel: log_p - x loses all digits where p is tiny
-        log_p, log_q = F.logsigmoid(x), F.logsigmoid(-x)
-        pos, neg = t * log_p, (1 - t) * log_q
+        # log(1 - p) = log p - x: one logsigmoid for both logs. Where p is tiny this loses the
+        # digits of log(1 - p) ~ -p, but with gamma > 0 that term is multiplied by p^gamma, so
+        # the loss and its gradient keep theirs; with gamma = 0 it gets its own kernel.
+        log_p = F.logsigmoid(x)
+        log_q = log_p - x if self.gamma > 0 else F.logsigmoid(-x)
         if self.gamma > 0:
-            pos = torch.exp(self.gamma * log_q) * pos
-            neg = torch.exp(self.gamma * log_p) * neg
+            hard_pos = torch.exp(self.gamma * log_q) * log_p  # the loss at y = 1, times -1
+            hard_neg = torch.exp(self.gamma * log_p) * log_q  # the loss at y = 0, times -1
+        else:
+            hard_pos, hard_neg = log_p, log_q
         if self.alpha is not None:
-            pos, neg = self.alpha * pos, (1 - self.alpha) * neg
-        return self._weighted(-(pos + neg), b)
+            hard_pos, hard_neg = self.alpha * hard_pos, (1 - self.alpha) * hard_neg
+        # the expectation over y ~ Bernoulli(t): (1 - t) * loss0 + t * loss1, in one kernel
+        return self._weighted(-torch.lerp(hard_neg, hard_pos, t), b)
 
     def _weighted(self, loss: Tensor, b: Binary) -> Tensor:
         x = b.logits
