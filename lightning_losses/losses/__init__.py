@@ -29,6 +29,7 @@ from .classification import (
     SumExpLoss,
     SymmetricCrossEntropyLoss,
 )
+from .compound import CompoundLoss, LinearSchedule
 from .distillation import (
     AttentionTransferLoss,
     DistillationLoss,
@@ -70,6 +71,7 @@ __all__ = [
     "ClassBalancedLoss",
     "ClassCountsLoss",
     "CompSumLoss",
+    "CompoundLoss",
     "CorrectnessAwareLoss",
     "CrossEntropyLoss",
     "DCALoss",
@@ -86,6 +88,7 @@ __all__ = [
     "KDLoss",
     "LDAMLoss",
     "LDRKLLoss",
+    "LinearSchedule",
     "LogitAdjustedLoss",
     "LogitZRegularizer",
     "Loss",

@@ -1,4 +1,5 @@
-"""The segmentation task: any smp architecture and encoder, a weighted sum of registered losses.
+"""The segmentation task: any smp architecture and encoder, a weighted sum of registered losses
+(:class:`~lightning_losses.losses.compound.CompoundLoss`).
 
 ``SegmentationModule`` is a plain ``LightningModule`` with :class:`~lightning_losses.LossMixin`;
 ``cli_main`` runs it through ``LightningCLI`` (the recipe ``recipes/segmentation.py``) with
@@ -28,9 +29,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 
-from .._reduce import PerSample, reduce_loss
 from ..callbacks.infobatch import estimated_stepping_batches
-from ..losses._base import BATCH_CONTEXT, CALL_CONTEXT, Loss
+from ..losses._base import BATCH_CONTEXT
+from ..losses.compound import CompoundLoss
 from ..metrics.topology import BettiMatchingError, BettiNumberError, ClDiceScore
 from ..mixins import LossMixin
 from ..registry import build_loss
@@ -38,67 +39,17 @@ from .hausdorff import HausdorffDistance95
 from .recipe_cli import RecipeCLI, run_recipe_cli
 from .report import write_report
 
-
-class WeightedLossSum(Loss):
-    r"""A weighted sum of registered losses, per image: :math:`\ell_i = \sum_t w_t\,\ell_{t,i}`.
-
-    Each term keeps its own options and reduction over pixels; the sum is taken per sample, so
-    sample weights and callbacks of the :class:`~lightning_losses.LossMixin` pipeline act on the
-    total. The context the sum needs (``"skeleton"`` for Skeleton Recall) is the union of its
-    terms'. After each call, :attr:`last_terms` holds every term's detached batch mean by name
-    (the module logs them).
-
-    Args:
-        terms: name -> built loss, in order.
-        weights: one weight per term.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over samples.
-    """
-
-    def __init__(
-        self, terms: Mapping[str, Loss], weights: Sequence[float], *, reduction: str = "mean"
-    ) -> None:
-        super().__init__(reduction=reduction)
-        if len(weights) != len(terms):
-            raise ValueError(
-                f"`loss_weights` must have one weight per loss term ({len(terms)}: "
-                f"{list(terms)}); got {len(weights)}."
-            )
-        self.terms = nn.ModuleDict(dict(terms))
-        self.weights = [float(w) for w in weights]
-        # An instance attribute: the context depends on which terms were chosen.
-        self.context = tuple(dict.fromkeys(c for t in terms.values() for c in t.context))
-        self.last_terms: dict[str, Tensor] = {}
-
-    def _check_context(self, context: dict[str, Any]) -> None:
-        needed = [c for c in self.context if c in CALL_CONTEXT]
-        unknown = [k for k in context if k not in needed]
-        missing = [c for c in needed if c not in context]
-        if unknown or missing:
-            raise TypeError(
-                f"the loss terms {list(self.terms)} need the context {needed}; got "
-                f"{sorted(context)}."
-            )
-
-    def per_sample(self, input: Tensor, target: Tensor, **context: Any) -> PerSample:
-        total: Tensor | None = None
-        valid: Tensor | None = None
-        self.last_terms = {}
-        for (name, term), weight in zip(self.terms.items(), self.weights, strict=True):
-            mine = {k: v for k, v in context.items() if k in term.context}
-            values = term.sample_losses(input, target, **mine)
-            self.last_terms[name] = reduce_loss(PerSample(values.values.detach(), values.valid))
-            total = weight * values.values if total is None else total + weight * values.values
-            if values.valid is not None:
-                valid = values.valid if valid is None else valid & values.valid
-        assert total is not None  # at least one term (checked by the module)
-        return PerSample(total, valid)
+#: The name this module used for its weighted sum before :class:`CompoundLoss`; kept importable.
+WeightedLossSum = CompoundLoss
 
 
 def _build_criterion(
     loss: str | Sequence[str],
     weights: Sequence[float] | None,
     kwargs: Mapping[str, Mapping[str, Any]] | None,
-) -> WeightedLossSum:
+    schedules: Mapping[str, Any] | None = None,
+    activate_when: Mapping[str, float] | None = None,
+) -> CompoundLoss:
     names = [loss] if isinstance(loss, str) else list(loss)
     if not names:
         raise ValueError("`loss` must name at least one registered loss; got an empty list.")
@@ -118,7 +69,12 @@ def _build_criterion(
                 f"`loss` term {name!r} expects {term.target_kind!r} targets; the segmentation "
                 "task trains with class-index masks (N, H, W): choose a multiclass loss."
             )
-    return WeightedLossSum(terms, [1.0] * len(names) if weights is None else list(weights))
+    return CompoundLoss(
+        terms,
+        [1.0] * len(names) if weights is None else list(weights),
+        schedules=schedules,
+        activate_when=activate_when,
+    )
 
 
 class SegmentationModule(LossMixin, L.LightningModule):
@@ -144,6 +100,13 @@ class SegmentationModule(LossMixin, L.LightningModule):
         loss_weights: one weight per term (default all 1).
         loss_kwargs: options per term, keyed by name (``{"dice": {"include_background":
             false}}``).
+        loss_schedules: term name -> weight schedule, a mapping of
+            :class:`~lightning_losses.losses.compound.LinearSchedule` arguments (``{"boundary":
+            {"start": 0.0, "end": 0.99, "epochs": 99}}``); the factor multiplies the term's
+            weight at each epoch.
+        loss_activate_when: term name -> the fraction of training after which the term is
+            computed (an expensive topology loss late in training); fractions of the trainer's
+            ``max_epochs``.
         lr, weight_decay: AdamW, with a cosine schedule over all training steps.
         panel_images: how many images of the first test split ``test_panel.png`` shows.
     """
@@ -159,6 +122,8 @@ class SegmentationModule(LossMixin, L.LightningModule):
         loss: list[str] | str = ("cross_entropy", "dice"),  # type: ignore[assignment]
         loss_weights: list[float] | None = None,
         loss_kwargs: dict[str, dict[str, Any]] | None = None,
+        loss_schedules: dict[str, dict[str, float]] | None = None,
+        loss_activate_when: dict[str, float] | None = None,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         panel_images: int = 4,
@@ -176,7 +141,9 @@ class SegmentationModule(LossMixin, L.LightningModule):
             classes=num_classes,
             **(arch_kwargs or {}),
         )
-        self.criterion = _build_criterion(loss, loss_weights, loss_kwargs)
+        self.criterion = _build_criterion(
+            loss, loss_weights, loss_kwargs, loss_schedules, loss_activate_when
+        )
         self.num_classes = num_classes
         self.val_dice = DiceScore(num_classes, include_background=False, input_format="index")
         self.test_metrics = nn.ModuleDict()
@@ -186,6 +153,11 @@ class SegmentationModule(LossMixin, L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def on_fit_start(self) -> None:
+        # `activate_when` fractions refer to the trainer's training length
+        if self.criterion.max_epochs is None and self.trainer.max_epochs is not None:
+            self.criterion.max_epochs = int(self.trainer.max_epochs)
 
     def _log_terms(self, stage: str, batch_size: int) -> None:
         for name, value in self.criterion.last_terms.items():
