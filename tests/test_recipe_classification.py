@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,19 @@ def _run(tmp_path: Path, *extra: str):
     return cli, run_dir
 
 
-def test_fit_then_test_writes_the_report(tmp_path):
+def test_fit_then_test_writes_the_report(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     cli, run_dir = _run(tmp_path)
+    out = capsys.readouterr().out
+    # one metrics table per report, the recipe's own, on stdout: not Lightning's test table too
+    assert out.count("test report (resnet18, loss=cross_entropy)") == 1
+    assert out.count("val report (resnet18, loss=cross_entropy)") == 1
+    assert "Test metric" not in out and "DataLoader 0" not in out
+    assert "test report written to" in out
+    # Lightning's product tips are dropped; its own messages about the run are kept
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("Tip:" in m for m in messages)
+    assert any("`Trainer.fit` stopped" in m for m in messages)
     report = json.loads((run_dir / "test_metrics.json").read_text())
     assert set(report["metrics"]) >= {"accuracy", "macro_f1", "ece", "mce", "nll", "brier"}
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0

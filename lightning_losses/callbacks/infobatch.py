@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from .._checks import check_int
@@ -26,6 +27,7 @@ from ..weighting.infobatch import (
     expected_total_steps,
     infobatch_active,
     infobatch_plan,
+    infobatch_stop_epoch,
 )
 from ..weighting.score_store import ScoreStore, gather_updates
 from ._train_loader import check_map_style, current_train_loader
@@ -79,7 +81,10 @@ class InfoBatch(TrainSamplerOwner):
     **Logging.** Each epoch, ``train/infobatch/trained`` (samples in the epoch),
     ``train/infobatch/pruned``, ``train/infobatch/saving`` (pruned / dataset size, the fraction
     of per-sample forward and backward passes saved) and ``train/infobatch/candidates``;
-    :attr:`history` keeps them per epoch for reports and benchmarks.
+    :attr:`history` keeps them per epoch for reports and benchmarks. With ``verbose=True`` (the
+    default) rank zero also prints one line per epoch (samples trained, pruned, saving, or why
+    nothing was pruned) and, at the end of fit, the run's total saving, or that no epoch was
+    pruned and which epochs would have been.
 
     **Cost.** Per step: a copy of the batch's indices to the device (non-blocking), an index
     gather of the weights, the store's update (a sort of the batch's indices and O(batch)
@@ -102,6 +107,7 @@ class InfoBatch(TrainSamplerOwner):
         delta: :math:`\delta \in (0, 1]`.
         seed: seed of the per-epoch generators.
         num_epochs: the planned number of epochs :math:`T`; default ``trainer.max_epochs``.
+        verbose: print the per-epoch line and the end-of-fit summary (rank zero).
 
     Example:
         >>> trainer = L.Trainer(max_epochs=20, callbacks=[InfoBatch(prune_ratio=0.5)])
@@ -114,8 +120,10 @@ class InfoBatch(TrainSamplerOwner):
         delta: float = DEFAULT_DELTA,
         seed: int = 0,
         num_epochs: int | None = None,
+        verbose: bool = True,
     ) -> None:
         super().__init__()
+        self.verbose = bool(verbose)
         self.prune_ratio = _check_prune_ratio(prune_ratio)
         self.delta = _check_delta(delta)
         self.seed = check_int(seed, "seed")
@@ -214,6 +222,50 @@ class InfoBatch(TrainSamplerOwner):
         last = self.history[-1]
         for key in ("trained", "pruned", "saving", "candidates"):
             pl_module.log(f"train/infobatch/{key}", float(last[key]), on_epoch=True, on_step=False)
+        if self.verbose and not trainer.sanity_checking:
+            rank_zero_info(self._epoch_line(trainer, last))
+
+    def _epoch_line(self, trainer: L.Trainer, last: dict[str, float]) -> str:
+        epoch, trained = int(last["epoch"]), int(last["trained"])
+        total = trained + int(last["pruned"])
+        if last["pruned"]:
+            return (
+                f"InfoBatch epoch {epoch}: trained {trained:,} of {total:,} samples "
+                f"({int(last['pruned']):,} pruned, saving {last['saving']:.1%})"
+            )
+        if epoch == 0:
+            why = "epoch 0 has no scores yet"
+        elif epoch >= self._stop(trainer):
+            why = f"annealing: epochs from floor(delta * T) = {self._stop(trainer)} on use all data"
+        else:
+            why = "no sample's score was below the mean"
+        return f"InfoBatch epoch {epoch}: trained all {total:,} samples ({why})"
+
+    def _stop(self, trainer: L.Trainer) -> int:
+        return infobatch_stop_epoch(self.total_epochs(trainer), self.delta)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.verbose and self.history:
+            rank_zero_info(self.summary(trainer))
+
+    def summary(self, trainer: L.Trainer) -> str:
+        """One sentence on the run so far: the sample passes saved, or why none were."""
+        passes = sum(int(h["trained"]) + int(h["pruned"]) for h in self.history)
+        pruned = sum(int(h["pruned"]) for h in self.history)
+        epochs = sum(1 for h in self.history if h["pruned"])
+        if pruned:
+            return (
+                f"InfoBatch: {epochs} of {len(self.history)} epochs pruned; {pruned:,} of "
+                f"{passes:,} sample passes saved ({pruned / passes:.1%})"
+            )
+        stop, total = self._stop(trainer), self.total_epochs(trainer)
+        window = (
+            f"it prunes epochs 1 to {stop - 1} of T = {total} (delta = {self.delta})"
+            if stop > 1
+            else f"with T = {total} and delta = {self.delta} no epoch is in its pruning window "
+            f"(epochs 1 to floor(delta * T) - 1 = {stop - 1})"
+        )
+        return f"InfoBatch pruned no epoch in {len(self.history)}: {window}"
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

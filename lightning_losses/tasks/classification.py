@@ -18,7 +18,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -31,7 +31,7 @@ from ..mixins import LossMixin
 from ..registry import build_loss
 from .backbones import check_timm_backbone
 from .recipe_cli import RecipeCLI, run_recipe_cli
-from .report import format_table, write_report
+from .report import format_table, print_report, write_report
 
 
 class CosineClassifier(nn.Module):
@@ -223,7 +223,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
             return
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         title = f"{stage} report ({self.hparams.backbone}, loss={self.hparams.loss})"
-        rank_zero_info("\n" + format_table(title, self.reports[stage]))
+        print_report("", format_table(title, self.reports[stage]))
         paths = write_report(
             out,
             stage,
@@ -235,7 +235,7 @@ class ClassificationModule(LossMixin, L.LightningModule):
                 **self._temperature_note(stage),
             },
         )
-        rank_zero_info(f"{stage} report written to {', '.join(str(p) for p in paths.values())}")
+        print_report(f"{stage} report written to {', '.join(str(p) for p in paths.values())}")
 
     def _temperature_note(self, stage: str) -> dict[str, Any]:
         fit = self.temperature.last_fit if self.hparams.temperature_scaling else None
@@ -286,9 +286,7 @@ class ClassificationCLI(RecipeCLI):
     def after_fit(self) -> None:
         config = self.config[self.subcommand]
         if config.get("test_after_fit", True):
-            self.trainer.test(
-                self.model, datamodule=self.datamodule, ckpt_path=config.get("test_ckpt_path")
-            )
+            self.test_after_fit(config.get("test_ckpt_path"))
 
 
 #: The datamodule of a config whose ``data`` section names no ``class_path``.

@@ -5,12 +5,19 @@ jsonargparse print its usage and a nested traceback in which the library's own m
 buried. :func:`run_recipe_cli` instead prints one line, ``error: <what was given, what is
 expected, close matches>``, and exits with status 2. Errors raised while training are not
 touched: they keep their traceback.
+
+The recipes' output is kept to what a user acts on: one metrics table per report (the recipe's
+own, on stdout; ``trainer.test`` runs with ``verbose=False`` unless ``--verbose true`` asks for
+Lightning's table too), without Lightning's advertising tips and without a deprecation warning
+that Lightning raises inside its own code (:data:`QUIET_WARNINGS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
@@ -18,6 +25,28 @@ from lightning.pytorch.cli import LightningCLI
 #: Exceptions that mean "the configuration is wrong" when raised while the CLI builds the
 #: model, the datamodule and the trainer.
 CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
+
+
+#: Warnings raised inside Lightning's own code that a recipe user can do nothing about.
+QUIET_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+#: Lightning's info messages that advertise other products rather than describe the run.
+_TIP_PREFIX = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TIP_PREFIX)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's product tips and its internal deprecation warnings (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 class RecipeConfigError(Exception):
@@ -51,10 +80,23 @@ class RecipeCLI(LightningCLI):
         quiet = {"exit_on_error": False}
         stages = ("fit", "validate", "test", "predict")
         merged = {**quiet, **{s: dict(quiet) for s in stages}, **(parser_kwargs or {})}
+        quiet_lightning()
         try:
             super().__init__(*args, parser_kwargs=merged, **kwargs)
         except argparse.ArgumentError as err:
             raise RecipeConfigError(_message(err)) from None
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "test":  # the recipe prints its own test report
+            parser.set_defaults(verbose=False)
+        return parser
+
+    def test_after_fit(self, ckpt_path: str | None = None) -> None:
+        """Test the fitted model on the datamodule's test split; only the recipe's table prints."""
+        self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False
+        )
 
     def instantiate_classes(self) -> None:
         try:

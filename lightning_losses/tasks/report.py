@@ -7,12 +7,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
+
 
 def format_table(title: str, metrics: Mapping[str, float]) -> str:
     width = max(len(k) for k in metrics)
     rule = "-" * (width + 14)
     rows = [f"{k:<{width}}  {v:>10.4f}" for k, v in metrics.items()]
     return "\n".join([rule, title, rule, *rows, rule])
+
+
+@rank_zero_only
+def print_report(*lines: str) -> None:
+    """Print a report on stdout, once (rank zero): the run's one metrics table goes where its
+    result belongs, apart from the log messages on stderr."""
+    print("\n".join(lines), flush=True)
 
 
 def write_report(

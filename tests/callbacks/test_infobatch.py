@@ -4,6 +4,8 @@ unbiasedness, is tested in tests/weighting/test_infobatch_policy.py.)"""
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import pytest
 import torch
@@ -456,3 +458,49 @@ def test_the_usage_example_of_the_docs_runs():
     trainer.fit(model, DataLoader(data, batch_size=16, shuffle=True))
     assert sum(h["pruned"] for h in cb.history) > 0
     assert trainer.lr_scheduler_configs[0].scheduler.T_max == cb.estimated_stepping_batches(trainer)
+
+
+# -- what it tells the user: a line per epoch and a summary at the end of fit ---------------
+
+LOGGER = "lightning.pytorch.utilities.rank_zero"
+
+
+def _lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("InfoBatch")]
+
+
+def test_each_epoch_and_the_run_report_their_saving(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cb = InfoBatch(prune_ratio=0.5, delta=0.875, seed=3)
+    _fit(cb)  # 6 epochs: 0 has no scores, 1-4 prune, 5 anneals
+    lines = _lines(caplog)
+    assert len(lines) == 7, lines
+    assert lines[0] == f"InfoBatch epoch 0: trained all {N} samples (epoch 0 has no scores yet)"
+    for h, line in zip(cb.history[1:5], lines[1:5], strict=True):
+        assert line == (
+            f"InfoBatch epoch {h['epoch']}: trained {h['trained']} of {N} samples "
+            f"({h['pruned']} pruned, saving {h['saving']:.1%})"
+        )
+    assert "annealing: epochs from floor(delta * T) = 5 on use all data" in lines[5]
+    pruned = sum(h["pruned"] for h in cb.history)
+    assert lines[6] == (
+        f"InfoBatch: 4 of 6 epochs pruned; {pruned} of {6 * N} sample passes saved "
+        f"({pruned / (6 * N):.1%})"
+    )
+
+
+def test_a_run_too_short_to_prune_says_so(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    _fit(InfoBatch(), max_epochs=1)
+    lines = _lines(caplog)
+    assert lines[-1] == (
+        "InfoBatch pruned no epoch in 1: with T = 1 and delta = 0.875 no epoch is in its "
+        "pruning window (epochs 1 to floor(delta * T) - 1 = -1)"
+    )
+
+
+def test_verbose_false_prints_nothing(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cb = InfoBatch(verbose=False)
+    _fit(cb, max_epochs=3)
+    assert len(cb.history) == 3 and _lines(caplog) == []
