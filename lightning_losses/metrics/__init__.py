@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from .group_accuracy import GroupAccuracy
+from .opis import OPIS, operating_point_inconsistency
 from .reranking import average_query_expansion, k_reciprocal_rerank
 from .retrieval import ReIDMetrics, pairwise_distance, reid_metrics
 
@@ -23,6 +24,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "OPIS",
     "BettiMatchingError",
     "BettiNumberError",
     "ClDiceScore",
@@ -30,6 +32,7 @@ __all__ = [
     "ReIDMetrics",
     "average_query_expansion",
     "k_reciprocal_rerank",
+    "operating_point_inconsistency",
     "pairwise_distance",
     "reid_metrics",
 ]
