@@ -230,7 +230,8 @@ class OPIS(Metric):
         self.labels.append(labels.detach())
 
     def compute(self) -> Tensor:
-        if not self.embeddings:
+        # a list of batches, or one tensor once torchmetrics has gathered the ranks' lists
+        if isinstance(self.embeddings, list) and not self.embeddings:
             raise ValueError("OPIS.compute() needs at least one update() first.")
         embeddings = dim_zero_cat(self.embeddings).cpu()
         labels = dim_zero_cat(self.labels).cpu()
