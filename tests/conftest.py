@@ -75,8 +75,10 @@ def loss_context(
         wave = torch.sin(1.3 * i + 0.7 * j)
         if "skeleton" in declared:
             ctx["skeleton"] = (wave > 0.3).to(torch.long)
-        if "distance" in declared:
-            ctx["distance"] = (3.0 * wave).to(like.dtype)
+        if "distance" in declared:  # one map per channel: the logits' layout
+            ch = torch.arange(like.shape[1], dtype=torch.float64)
+            ch = ch.reshape(1, -1, *[1] * len(spatial))
+            ctx["distance"] = (3.0 * torch.sin(wave.unsqueeze(1) + 0.9 * ch)).to(like.dtype)
     return ctx
 
 

@@ -41,7 +41,11 @@ def loss_inputs(name: str, n: int = 8, k: int = 5, *, dense: tuple[int, ...] = (
     """conftest's inputs, plus a spatial dim for losses that need one and a batch-aligned
     label vector (unused) for losses whose target kind is "none"."""
     info = loss_info(name)
-    dense = dense or (3, 2)[: getattr(info.cls, "min_spatial_dims", 0)]
+    dense = (
+        dense
+        or getattr(info.cls, "conformance_spatial", ())  # a loss that needs larger images
+        or (3, 2)[: getattr(info.cls, "min_spatial_dims", 0)]
+    )
     if info.target != "none":
         return label_inputs(name, n, k, dense=dense, **kwargs)
     g = torch.Generator().manual_seed(kwargs.get("seed", 0))

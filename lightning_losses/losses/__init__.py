@@ -5,6 +5,7 @@ from . import (
     metric,  # noqa: F401  (registers the metric-learning family)
     segmentation,  # noqa: F401  (registers the segmentation family)
     topology,  # noqa: F401  (registers the topology family)
+    topology_mip,  # noqa: F401  (registers the MIP loss, topology family)
 )
 from ._base import ClassCountsLoss, Loss
 from .calibration import CorrectnessAwareLoss, DCALoss, MDCALoss
