@@ -12,6 +12,7 @@ attached. See METHODS §11 (11.1, 11.2, 11.3, 11.5, 11.6, 11.8).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
 from .._checks import check_choice, check_int, check_positive
+from .._progress import ProgressBar, trainer_progress_bar
 from ..diagnostics import (
     IGNORE,
     NORMALIZATIONS,
@@ -56,6 +58,10 @@ TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 CRITERION_ATTRS = ("criterion", "loss_fn")
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, SyncBatchNorm, InstanceNorm*
 _DROPOUT_LAYERS = (nn.modules.dropout._DropoutNd,)  # Dropout*, AlphaDropout, ...
+# Rough cost of one probe-batch pass relative to a forward pass without a graph, so that the
+# progress bar's time left holds across parts (small CNNs and MLPs on CPU: a gradient 3-6x, an
+# HVP's share 8-16x).
+_PASS_COST = {"loss": 1, "gradient": 3, "hvp": 10}
 
 
 # ----------------------------------------------------------------------------- the probe loss
@@ -173,6 +179,66 @@ def _isolated(model: nn.Module, mode: str) -> Iterator[None]:
             _set_rng_state(rng)
 
 
+# ----------------------------------------------------------------------------- cost and progress
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+    """One part of the analysis: at most ``calls`` HVPs, gradients or loss evaluations
+    (``kind``), each one pass over ``batches`` probe batches."""
+
+    label: str
+    kind: str
+    calls: int
+    batches: int
+
+    @property
+    def forwards(self) -> int:
+        return self.calls * self.batches
+
+    @property
+    def work(self) -> int:
+        return self.forwards * _PASS_COST[self.kind]
+
+
+class _Progress:
+    """Advances the analysis's bar at every probe-batch pass, weighted by the current part's
+    cost; at the end of a part, the total drops the budget that the part did not use."""
+
+    def __init__(self) -> None:
+        self.bar: ProgressBar | None = None
+        self.phases: Mapping[Any, _Phase] = {}
+        self.weight = 0
+
+    def start(self, bar: ProgressBar, phases: Mapping[Any, _Phase]) -> None:
+        self.bar, self.phases = bar, phases
+
+    @contextlib.contextmanager
+    def phase(self, key: Any) -> Iterator[None]:
+        bar, part = self.bar, self.phases.get(key)
+        if bar is None or part is None:
+            yield
+            return
+        bar.set_description(f"LossLandscape: {part.label}")
+        self.weight = _PASS_COST[part.kind]
+        start = bar.completed
+        try:
+            yield
+        finally:
+            bar.total += (bar.completed - start) - part.work
+
+    def counting(self, loss_fn: Callable[[Any, Any], Tensor]) -> Callable[[Any, Any], Tensor]:
+        """``loss_fn`` advancing the bar after each call (one probe batch's forward pass)."""
+
+        def counted(module: Any, batch: Any) -> Tensor:
+            loss = loss_fn(module, batch)
+            if self.bar is not None:
+                self.bar.advance(self.weight)
+            return loss
+
+        return counted
+
+
 # ----------------------------------------------------------------------------- the callback
 
 
@@ -253,7 +319,16 @@ class LossLandscape(L.Callback):
     per probe batch; the slices ``line_points + plane_points²`` loss evaluations; ε-sharpness
     ``epsilon_steps + 1`` gradient evaluations; plus one loss evaluation. Each evaluation is B
     forward passes. Defaults: at most 210 HVPs and 210·B + 154·B forward passes (B = 4 for 256
-    samples), i.e. a few hundred training steps' worth of compute.
+    samples), i.e. a few hundred training steps' worth of compute (:meth:`estimate_cost`).
+
+    **Progress.** While it runs, a progress bar names the current part (Lanczos, trace,
+    density, the slices, ε-sharpness, each class) and shows the elapsed time and an estimate of
+    the time left. It is drawn like the trainer's own bar (rich for Lightning's
+    ``RichProgressBar``, else tqdm) and only when the trainer shows one on this process
+    (``enable_progress_bar=True``, rank zero), whatever ``verbose`` says. The bar advances at
+    every probe-batch pass, weighted by its rough relative cost (a forward pass without a graph
+    1, a gradient 3, an HVP's share 10), so that the time left holds across parts of different
+    cost; a part that stops early (Lanczos at ``tol``) takes its unused budget off the total.
 
     **Logging** (keys ``{prefix}/...``, ``prefix="landscape"``): ``probe_loss``,
     ``lambda_max``, ``eigenvalue_2..k``, ``trace``, ``trace_std_error``,
@@ -490,9 +565,10 @@ class LossLandscape(L.Callback):
         """
         start = time.perf_counter()
         step, epoch = trainer.global_step, trainer.current_epoch
+        progress = _Progress()
         with _isolated(pl_module, self.model_mode):
             probe = self._probe_set(trainer, pl_module)
-            loss_fn = self.loss_fn or module_loss
+            loss_fn = progress.counting(self.loss_fn or module_loss)
             # every HVP rebuilds each batch's graph (retain_graph=False): the printed cost is
             # then exact for fixed budgets and the memory one batch's graph (see Cost)
             options = dict(param_filter=self.param_filter, retain_graph=False)
@@ -503,9 +579,9 @@ class LossLandscape(L.Callback):
             class_fns = {
                 c: LossFunction(pl_module, loss_fn, b, **options) for c, b in per_class.items()
             }
-            hvps, forwards = self.estimate_cost(
-                fn.numel, len(probe), [len(b) for b in per_class.values()]
-            )
+            phases = self._phases(fn.numel, len(probe), {c: len(b) for c, b in per_class.items()})
+            hvps = sum(p.calls for p in phases.values() if p.kind == "hvp")
+            forwards = sum(p.forwards for p in phases.values())
             if self.verbose:
                 num_samples = sum(default_batch_size(b) for b in probe)
                 print(
@@ -516,7 +592,10 @@ class LossLandscape(L.Callback):
                     "batch).",
                     flush=True,
                 )
-            scalars, arrays = self._compute(trainer, fn, class_fns)
+            total = sum(p.work for p in phases.values())
+            with trainer_progress_bar(trainer, total, "LossLandscape") as bar:
+                progress.start(bar, phases)
+                scalars, arrays = self._compute(trainer, fn, class_fns, progress)
         hvp_count = fn.hvp_count + sum(f.hvp_count for f in class_fns.values())
         forward_count = fn.forward_count + sum(f.forward_count for f in class_fns.values())
         scalars["hvps"] = float(hvp_count)
@@ -548,37 +627,63 @@ class LossLandscape(L.Callback):
         for ``numel`` analysed parameters, ``num_batches`` probe batches and, per analysed
         class, the number of probe batches holding that class; forward passes include those
         inside the HVPs."""
-        eig = min(self.max_iter, numel) if self.top_k is not None else 0
+        phases = self._phases(numel, num_batches, dict(enumerate(class_batches)))
+        hvps = sum(p.calls for p in phases.values() if p.kind == "hvp")
+        return hvps, sum(p.forwards for p in phases.values())
+
+    def _phases(
+        self, numel: int, num_batches: int, class_batches: Mapping[int, int]
+    ) -> dict[Any, _Phase]:
+        """The parts of one run in the order :meth:`_compute` runs them, each with its budget."""
+        eig = min(self.max_iter, numel)
         tr = 0
         if self.trace_matvecs is not None:
             s = self.trace_matvecs // 3
             tr = s + min(numel, s) + (self.trace_matvecs - 2 * s)
-        dens = self.density_runs * min(self.density_steps, numel) if self.density_steps else 0
-        hvps = eig + tr + dens
-        evaluations = 1 + (self.line_points or 0) + (self.plane_points or 0) ** 2
-        evaluations += self.epsilon_steps + 1 if self.epsilon is not None else 0
-        forwards = (hvps + evaluations) * num_batches
-        for batches in class_batches:
-            class_hvps = (min(self.max_iter, numel) if self.top_k is not None else 0) + tr
-            hvps += class_hvps
-            forwards += class_hvps * batches
-        return hvps, forwards
+        b = num_batches
+        phases: dict[Any, _Phase] = {"probe_loss": _Phase("probe loss", "loss", 1, b)}
+        if self.top_k is not None:
+            phases["lanczos"] = _Phase(f"top-{self.top_k} eigenvalues (Lanczos)", "hvp", eig, b)
+        if self.trace_matvecs is not None:
+            phases["trace"] = _Phase("trace (Hutch++)", "hvp", tr, b)
+        if self.density_steps is not None:
+            steps = self.density_runs * min(self.density_steps, numel)
+            phases["density"] = _Phase("spectral density (SLQ)", "hvp", steps, b)
+        if self.line_points is not None:
+            phases["line"] = _Phase("1-D slice", "loss", self.line_points, b)
+        if self.plane_points is not None:
+            phases["plane"] = _Phase("2-D slice", "loss", self.plane_points**2, b)
+        if self.epsilon is not None:
+            phases["epsilon"] = _Phase("ε-sharpness", "gradient", self.epsilon_steps + 1, b)
+        if self.top_k is not None:
+            for c, cb in class_batches.items():
+                phases["lanczos", c] = _Phase(f"class {c}, λ_max (Lanczos)", "hvp", eig, cb)
+        if self.trace_matvecs is not None:
+            for c, cb in class_batches.items():
+                phases["trace", c] = _Phase(f"class {c}, trace (Hutch++)", "hvp", tr, cb)
+        return phases
 
     def _compute(
-        self, trainer: L.Trainer, fn: LossFunction, class_fns: Mapping[int, LossFunction]
+        self,
+        trainer: L.Trainer,
+        fn: LossFunction,
+        class_fns: Mapping[int, LossFunction],
+        progress: _Progress,
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        scalars: dict[str, float] = {"probe_loss": fn.loss()}
+        with progress.phase("probe_loss"):
+            scalars: dict[str, float] = {"probe_loss": fn.loss()}
         arrays: dict[str, np.ndarray] = {}
         model = fn.model
         if self.top_k is not None:
-            eig = lanczos(
-                fn,
-                self.top_k,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                seed=self.seed,
-                return_eigenvectors=False,
-            )
+            with progress.phase("lanczos"):
+                eig = lanczos(
+                    fn,
+                    self.top_k,
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                    seed=self.seed,
+                    return_eigenvectors=False,
+                )
             values = eig.eigenvalues.tolist()
             scalars["lambda_max"] = values[0]
             for i, v in enumerate(values[1:], start=2):
@@ -587,12 +692,14 @@ class LossLandscape(L.Callback):
             arrays["eigenvalue_residuals"] = eig.residuals.numpy()
             scalars.update(self._stability(trainer, values[0]))
         if self.trace_matvecs is not None:
-            tr = hutchpp(fn, self.trace_matvecs, seed=self.seed)
+            with progress.phase("trace"):
+                tr = hutchpp(fn, self.trace_matvecs, seed=self.seed)
             scalars["trace"] = tr.estimate
             scalars["trace_std_error"] = tr.std_error
             arrays["trace_samples"] = tr.samples.numpy()
         if self.density_steps is not None:
-            dens = spectral_density(fn, self.density_runs, self.density_steps, seed=self.seed)
+            with progress.phase("density"):
+                dens = spectral_density(fn, self.density_runs, self.density_steps, seed=self.seed)
             grid = dens.grid()
             scalars["density_negative_mass"] = dens.negative_mass
             arrays["density_nodes"] = dens.nodes.numpy()
@@ -604,46 +711,51 @@ class LossLandscape(L.Callback):
         )
         if self.line_points is not None:
             d = random_direction(model, seed=self.seed, **directions)
-            line = line_slice(fn, d, distance=self.line_distance, num_points=self.line_points)
+            with progress.phase("line"):
+                line = line_slice(fn, d, distance=self.line_distance, num_points=self.line_points)
             arrays["line_alphas"] = line.alphas.numpy()
             arrays["line_losses"] = line.losses.numpy()
         if self.plane_points is not None:
             gen = torch.Generator().manual_seed(self.seed + 1)
             d1 = random_direction(model, seed=gen, **directions)
             d2 = random_direction(model, seed=gen, **directions)
-            plane = plane_slice(
-                fn, d1, d2, distance=self.plane_distance, num_points=self.plane_points
-            )
+            with progress.phase("plane"):
+                plane = plane_slice(
+                    fn, d1, d2, distance=self.plane_distance, num_points=self.plane_points
+                )
             arrays["plane_alphas"] = plane.alphas.numpy()
             arrays["plane_betas"] = plane.betas.numpy()
             arrays["plane_losses"] = plane.losses.numpy()
         if self.epsilon is not None:
-            sharp = epsilon_sharpness(fn, self.epsilon, steps=self.epsilon_steps)
+            with progress.phase("epsilon"):
+                sharp = epsilon_sharpness(fn, self.epsilon, steps=self.epsilon_steps)
             scalars["epsilon_sharpness"] = sharp.value
             scalars["epsilon_sharpness_relative"] = sharp.relative
         if class_fns:
             ids = sorted(class_fns)
             arrays["class_ids"] = np.asarray(ids, dtype=np.int64)
             if self.top_k is not None:
-                lam = [
-                    float(
-                        lanczos(
+                lam = []
+                for c in ids:
+                    with progress.phase(("lanczos", c)):
+                        top = lanczos(
                             class_fns[c],
                             1,
                             max_iter=self.max_iter,
                             tol=self.tol,
                             seed=self.seed,
                             return_eigenvectors=False,
-                        ).eigenvalues[0]
-                    )
-                    for c in ids
-                ]
+                        )
+                    lam.append(float(top.eigenvalues[0]))
                 arrays["class_lambda_max"] = np.asarray(lam)
                 scalars.update({f"class_{c}/lambda_max": v for c, v in zip(ids, lam, strict=True)})
             if self.trace_matvecs is not None:
-                trs = [
-                    hutchpp(class_fns[c], self.trace_matvecs, seed=self.seed).estimate for c in ids
-                ]
+                trs = []
+                for c in ids:
+                    with progress.phase(("trace", c)):
+                        trs.append(
+                            hutchpp(class_fns[c], self.trace_matvecs, seed=self.seed).estimate
+                        )
                 arrays["class_trace"] = np.asarray(trs)
                 scalars.update({f"class_{c}/trace": v for c, v in zip(ids, trs, strict=True)})
         return scalars, arrays
