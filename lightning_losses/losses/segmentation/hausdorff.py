@@ -54,7 +54,8 @@ class HausdorffDTLoss(DenseLoss):
     Args:
         alpha: the exponent :math:`\alpha`; 2 (paper, MONAI).
         include_background: ``None`` (default) leaves channel 0 out in multiclass mode and keeps
-            every channel in binary and multilabel mode (MONAI's default keeps it: pass True).
+            every channel in binary and multilabel mode (MONAI's default drops channel 0 in
+            every mode, a single binary channel excepted).
         mode, from_logits, ignore_index, reduce_over, empty_target: the dense contract, see
             :mod:`lightning_losses.losses.segmentation._dense`.
 
