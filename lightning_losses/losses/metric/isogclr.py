@@ -35,7 +35,7 @@ class ISogCLRLoss(Loss):
     :math:`s`. For the anchor :math:`a_i` the positive is :math:`b_i` and the negatives
     :math:`S_i^-` are the :math:`2(M-1)` other embeddings of the batch (both views of the
     other :math:`M - 1` images). The objective of dataset sample :math:`i`, with its own
-    temperature :math:`\tau_i \in [\tau_\min, \tau_\max]`, is
+    temperature :math:`\tau_i \in [\tau_{\min}, \tau_{\max}]`, is
 
     .. math::
         F_i(\mathbf{w}, \tau_i) = \tau_i \log \frac{1}{|S_i^-|} \sum_{z \in S_i^-}
@@ -52,7 +52,7 @@ class ISogCLRLoss(Loss):
         g_i = \log u_i + \rho - \frac{1}{|S_i^-|}\sum_z \frac{e^{s(a_i,z)/\tau_i}}{u_i}
               \frac{s(a_i, z)}{\tau_i},\qquad
         v_i \leftarrow (1 - \beta) v_i + \beta g_i,\qquad
-        \tau_i \leftarrow \operatorname{clip}(\tau_i - \eta v_i, \tau_\min, \tau_\max)
+        \tau_i \leftarrow \operatorname{clip}(\tau_i - \eta v_i, \tau_{\min}, \tau_{\max})
 
     The same holds with the views swapped; sample :math:`i`'s value is the sum of its two
     anchors' :math:`\hat F_i = \tau_i \log u_i - s(a_i, b_i) + \tau_i\rho` (the objective at the
