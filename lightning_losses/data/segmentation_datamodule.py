@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_number
 from ._splits import SplitDataModule
 from .digits import check_image_options
 from .segmentation_folder import (
@@ -47,6 +48,107 @@ def _check_transforms(transforms: Sequence[SampleTransform] | None, arg: str) ->
     return tuple(transforms)
 
 
+class SegmentationAugment:
+    """Seeded training augmentation of a segmentation sample: flips, quarter turns, intensity.
+
+    Each call draws, independently: a left-right flip and an up-down flip (each with
+    probability 0.5) and a quarter turn by ``k * 90`` degrees, ``k`` uniform in {0, 1, 2, 3}
+    (square images; a non-square one turns by 0 or 180 degrees, so its shape is kept). Together
+    these are the eight symmetries of the square, exact on a pixel grid: a thin structure
+    keeps its width and connectivity. The image (already normalised, so in units of the
+    training split's standard deviation) then becomes ``a * x + b + noise`` with a contrast
+    factor ``a`` log-uniform in ``[1 / (1 + contrast), 1 + contrast]``, a brightness shift
+    ``b`` uniform in ``[-brightness, brightness]`` and Gaussian pixel noise of a standard
+    deviation uniform in ``[0, noise]``. The geometric draw applies to ``"image"`` and to every
+    entry of ``spatial_keys``; intensity to the image only.
+
+    The random stream is NumPy's, seeded by ``seed`` and the ``DataLoader`` worker's id (each
+    worker its own stream), so a run repeats exactly with the same seed and worker count.
+
+    Args:
+        seed: seeds the random stream.
+        flip: draw the two flips.
+        rotate: draw the quarter turn.
+        contrast, brightness, noise: ranges of the intensity jitter, >= 0 (0 turns one off).
+        spatial_keys: entries transformed with the image, ``("mask",)`` by default.
+
+    Example:
+        >>> augment = SegmentationAugment(seed=0)
+        >>> sample = augment({"image": torch.zeros(1, 8, 8), "mask": torch.zeros(8, 8).long()})
+        >>> sample["image"].shape, sample["mask"].shape
+        (torch.Size([1, 8, 8]), torch.Size([8, 8]))
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        flip: bool = True,
+        rotate: bool = True,
+        contrast: float = 0.25,
+        brightness: float = 0.25,
+        noise: float = 0.1,
+        spatial_keys: Sequence[str] = ("mask",),
+    ) -> None:
+        self.seed = check_int(seed, "seed", 0)
+        self.flip, self.rotate = bool(flip), bool(rotate)
+        for value, arg in ((contrast, "contrast"), (brightness, "brightness"), (noise, "noise")):
+            if check_number(value, arg) < 0:
+                raise ValueError(f"`{arg}` must be >= 0; got {value!r}.")
+        self.contrast, self.brightness = float(contrast), float(brightness)
+        self.noise = float(noise)
+        self.spatial_keys = tuple(spatial_keys)
+        self._rng: np.random.Generator | None = None
+        self._worker: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationAugment(seed={self.seed}, flip={self.flip}, rotate={self.rotate}, "
+            f"contrast={self.contrast}, brightness={self.brightness}, noise={self.noise})"
+        )
+
+    def _generator(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        worker = -1 if info is None else info.id
+        # A worker is a copy of the main process's object: give it its own stream.
+        if self._rng is None or self._worker != worker:
+            self._rng = np.random.default_rng([self.seed, worker + 1])
+            self._worker = worker
+        return self._rng
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        rng = self._generator()
+        image: Tensor = sample["image"]
+        square = image.shape[-1] == image.shape[-2]
+        flips = rng.random(2) < 0.5 if self.flip else np.zeros(2, dtype=bool)
+        turn = int(rng.integers(4)) if self.rotate else 0
+        if not square:
+            turn = 2 * (turn % 2)
+        contrast = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(self.contrast))
+        brightness = rng.uniform(-1.0, 1.0) * self.brightness
+        sigma = rng.uniform(0.0, self.noise)
+        noise_seed = int(rng.integers(2**62))
+
+        def geometric(x: Tensor) -> Tensor:
+            dims = [d for d, f in zip((-1, -2), flips, strict=True) if f]
+            if dims:
+                x = torch.flip(x, dims)
+            if turn:
+                x = torch.rot90(x, turn, dims=(-2, -1))
+            return x.contiguous()
+
+        out = dict(sample)
+        for key in ("image", *self.spatial_keys):
+            if key in out:
+                out[key] = geometric(torch.as_tensor(out[key]))
+        x = out["image"] * contrast + brightness
+        if sigma > 0:
+            generator = torch.Generator().manual_seed(noise_seed)
+            x = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        out["image"] = x
+        return out
+
+
 class SegmentationDataModule(SplitDataModule):
     """Semantic segmentation data: the embedded thin structures, or an image/mask folder tree.
 
@@ -68,7 +170,10 @@ class SegmentationDataModule(SplitDataModule):
     int}``. ``train_transforms`` run on training samples first (augmentation), then
     ``transforms`` on the samples of every split (for instance one that adds a ``"skeleton"``
     or ``"distance"`` entry); entries they add are stacked by the default collate and reach the
-    losses through ``LossMixin``. Images are normalised per channel with the training split's
+    losses through ``LossMixin``. ``augment=True`` puts a :class:`SegmentationAugment` seeded
+    with ``seed`` (flips, quarter turns, intensity jitter) before the ``train_transforms``, so
+    that entries they derive from the mask (a skeleton) follow the augmented mask. Images are
+    normalised per channel with the training split's
     mean and standard deviation.
 
     Attributes available right after construction (the recipe's ``LightningCLI`` links them):
@@ -103,6 +208,7 @@ class SegmentationDataModule(SplitDataModule):
             missing ``val`` / ``test`` folder, in (0, 1).
         ignore_index: folder only: mask value 255 is mapped to it (``None``: 255 is an error
             unless ``num_classes`` exceeds 255).
+        augment: training augmentation by :class:`SegmentationAugment` (default off).
         train_transforms, transforms: sample transforms (callables on the sample mapping).
         seed: drives the generator (or the folder split) and the training shuffle order.
 
@@ -133,6 +239,7 @@ class SegmentationDataModule(SplitDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         ignore_index: int | None = None,
+        augment: bool = False,
         train_transforms: Sequence[SampleTransform] | None = None,
         transforms: Sequence[SampleTransform] | None = None,
         seed: int = 0,
@@ -170,7 +277,13 @@ class SegmentationDataModule(SplitDataModule):
         self.val_fraction = _check_fraction(val_fraction, "val_fraction")
         self.test_fraction = _check_fraction(test_fraction, "test_fraction")
         self.ignore_index = ignore_index
-        self.train_transforms = _check_transforms(train_transforms, "train_transforms")
+        if not isinstance(augment, bool):
+            raise TypeError(f"`augment` must be True or False; got {augment!r}.")
+        self.augment = augment
+        augmentation = (SegmentationAugment(seed=self.seed),) if augment else ()
+        self.train_transforms = augmentation + _check_transforms(
+            train_transforms, "train_transforms"
+        )
         self.transforms = _check_transforms(transforms, "transforms")
         self._class_pixels: np.ndarray | None = None
 
