@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from ..._checks import check_choice, check_int, check_number, check_positive
+from ..._checks import check_choice, check_number, check_positive
 from ..._reduce import PerSample
 from ...registry import register_loss
 from ._dense import DenseLoss
@@ -18,10 +18,17 @@ from ._dense import DenseLoss
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def ms_ssim_min_size(kernel_size: int, scales: int) -> int:
-    """The smallest height / width torchmetrics accepts for ``scales`` scales and the kernel."""
+def gaussian_window_size(sigma: float) -> int:
+    """The Gaussian window torchmetrics uses for ``sigma`` (it derives the size from ``sigma``
+    and ignores ``kernel_size``): 11 taps for the default 1.5."""
+    return int(3.5 * sigma + 0.5) * 2 + 1
+
+
+def ms_ssim_min_size(window: int, scales: int) -> int:
+    """The smallest spatial size for ``scales`` scales and a ``window``-tap window: torchmetrics'
+    own bound, and the coarsest scale still holding one whole window."""
     div = max(1, scales - 1) ** 2
-    return max(2**scales, div * kernel_size)
+    return max(2**scales, max(div, 2 ** (scales - 1)) * window)
 
 
 @register_loss(
@@ -35,9 +42,9 @@ class MSSSIMLoss(DenseLoss):
     target, averaged over classes.
 
     With :math:`l_j, c_j, s_j` the luminance, contrast and structure terms of SSIM at scale
-    :math:`j` (Gaussian window, constants :math:`C_1 = (k_1 L)^2`, :math:`C_2 = (k_2 L)^2`,
-    :math:`L = 1` for probabilities), each scale half the size of the one before (2x2 average
-    pooling), and :math:`M` scales:
+    :math:`j` (Gaussian window of width :math:`\sigma`, constants :math:`C_1 = (k_1 L)^2`,
+    :math:`C_2 = (k_2 L)^2`, :math:`L = 1` for probabilities), each scale half the size of the
+    one before (2x2 average pooling), and :math:`M` scales:
 
     .. math::
         \mathrm{MS\text{-}SSIM}(p, g) = l_M(p, g)^{\beta_M} \prod_{j=1}^{M}
@@ -47,21 +54,23 @@ class MSSSIMLoss(DenseLoss):
 
     Each image and class goes through torchmetrics'
     ``multiscale_structural_similarity_index_measure`` on its own (``reduction="none"``), so the
-    dense options apply per class; SSIM statistics are means over the pixels whose window lies
-    inside the image (torchmetrics crops the padded border). Computed in float32 with autocast
-    off (a bf16 convolution would change the statistics). ``normalize="relu"`` (torchmetrics'
-    default for training) clips negative contrast-structure terms at 0 before the fractional
-    powers, which would otherwise be NaN.
+    dense options apply per class. torchmetrics averages the contrast-structure terms over the
+    pixels whose window lies inside the image and the last scale's full SSIM over the whole
+    image, reflect-padded (the float64 reference test follows both). Computed in float32 with
+    autocast off (a bf16 convolution would change the statistics). ``normalize="relu"``
+    (torchmetrics' default for training) clips negative contrast-structure terms at 0 before
+    the fractional powers, which would otherwise be NaN.
 
-    The image must be large enough for the scales: with 5 scales and an 11-pixel window,
-    torchmetrics needs every spatial size to be at least 176 (:func:`ms_ssim_min_size`); fewer
-    ``betas`` or a smaller ``kernel_size`` serve small images, and a too-small input is a
-    ``ValueError`` naming the size. 2-D and 3-D (a 3-D Gaussian window).
+    The window has :math:`2\lfloor 3.5\sigma + 0.5\rfloor + 1` taps, torchmetrics' rule (11
+    for :math:`\sigma = 1.5`; :func:`gaussian_window_size`). The image must be large enough for
+    the scales: with 5 scales and 11 taps every spatial size must be at least 176
+    (:func:`ms_ssim_min_size`); fewer ``betas`` or a smaller ``sigma`` serve small images, and a
+    too-small input is a ``ValueError`` naming the size. 2-D and 3-D (a 3-D Gaussian window).
 
     Args:
         betas: the scale weights; Wang et al.'s five (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
-        kernel_size: Gaussian window size; 11 (Wang et al., torchmetrics).
-        sigma: Gaussian window width; 1.5 (Wang et al., torchmetrics).
+        sigma: Gaussian window width, which also sets the window size; 1.5 (Wang et al.,
+            torchmetrics), an 11-tap window.
         k1, k2: SSIM constants; 0.01, 0.03 (Wang et al.).
         normalize: ``"relu"`` (default), ``"simple"`` or ``None``, torchmetrics' option.
         mode, from_logits, include_background, ignore_index, empty_target: the dense contract,
@@ -86,7 +95,6 @@ class MSSSIMLoss(DenseLoss):
         self,
         *,
         betas: Sequence[float] = MS_SSIM_BETAS,
-        kernel_size: int = 11,
         sigma: float = 1.5,
         k1: float = 0.01,
         k2: float = 0.03,
@@ -118,10 +126,8 @@ class MSSSIMLoss(DenseLoss):
         self.betas = tuple(check_positive(b, "betas") for b in betas)
         if not self.betas:
             raise ValueError("`betas` must hold at least one scale weight; got none.")
-        self.kernel_size = check_int(kernel_size, "kernel_size", 1)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd; got {kernel_size}.")
         self.sigma = check_positive(sigma, "sigma")
+        self.window = gaussian_window_size(self.sigma)
         self.k1 = check_number(k1, "k1")
         self.k2 = check_number(k2, "k2")
         if normalize is not None:
@@ -134,12 +140,12 @@ class MSSSIMLoss(DenseLoss):
                 f"`input` of {type(self).__name__} must be (N, C, H, W) or (N, C, D, H, W) logits; "
                 f"got shape {tuple(input.shape)}."
             )
-        need = ms_ssim_min_size(self.kernel_size, len(self.betas))
+        need = ms_ssim_min_size(self.window, len(self.betas))
         if min(input.shape[2:]) < need:
             raise ValueError(
                 f"`input` is too small for MS-SSIM with {len(self.betas)} scales and a "
-                f"{self.kernel_size}-pixel window: every spatial size must be at least {need}; got "
-                f"shape {tuple(input.shape)}. Pass fewer `betas` or a smaller `kernel_size`."
+                f"{self.window}-tap window: every spatial size must be at least {need}; got "
+                f"shape {tuple(input.shape)}. Pass fewer `betas` or a smaller `sigma`."
             )
         d = self.prepare(input, target)
         n, c = d.probs.shape[:2]
@@ -152,7 +158,7 @@ class MSSSIMLoss(DenseLoss):
                 g,
                 gaussian_kernel=True,
                 sigma=self.sigma,
-                kernel_size=self.kernel_size,
+                kernel_size=self.window,
                 reduction="none",
                 data_range=1.0,
                 k1=self.k1,
@@ -164,7 +170,4 @@ class MSSSIMLoss(DenseLoss):
         return self.mean_over_classes(d, per_class, d.target.sum(2) > 0)
 
     def extra_repr(self) -> str:
-        return (
-            f"betas={self.betas}, kernel_size={self.kernel_size}, sigma={self.sigma}, "
-            f"{super().extra_repr()}"
-        )
+        return f"betas={self.betas}, sigma={self.sigma}, {super().extra_repr()}"
