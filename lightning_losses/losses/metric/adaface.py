@@ -119,7 +119,9 @@ class AdaFaceLoss(MarginSoftmaxLoss):
     def update_norm_statistics(self, norms: Tensor) -> None:
         """Move ``norm_mean`` / ``norm_std`` toward the (global, under DDP) batch's statistics."""
         x = norms.double()
-        stats = torch.stack([x.sum(), x.square().sum(), x.new_tensor(float(x.numel()))])
+        # the count as a device fill, not a tensor copied from the host (a blocking copy on a GPU)
+        count = x.new_full((), float(x.numel()))
+        stats = torch.stack([x.sum(), x.square().sum(), count])
         if distributed_world()[1] > 1:
             dist.all_reduce(stats)
         total, squares, n = stats.unbind()
