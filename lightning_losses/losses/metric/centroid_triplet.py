@@ -62,7 +62,8 @@ class CentroidTripletLoss(PairLoss):
     one ``(M, M)`` class matrix for :math:`M` references; no triplet is listed.
 
     Args:
-        margin: :math:`m`, 0.3 (the paper's setting, the re-ID bag of tricks' triplet margin).
+        margin: :math:`m`, 0.3, the triplet margin of the re-ID bag of tricks, on whose
+            training setup the paper builds (the paper's own value was not checked here).
         distance: ``"euclidean"`` (default, the paper), ``"sqeuclidean"`` or ``"cosine"``
             (:math:`1 - \cos`).
         normalize: L2-normalise the embeddings before the centroids are taken (False); the

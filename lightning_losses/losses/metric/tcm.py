@@ -32,8 +32,8 @@ class ThresholdConsistentMarginLoss(PairLoss):
 
     Only the hard pairs count, each term is a mean over its own hard pairs (0 when there is
     none), and the pairs are ordered (each unordered pair counted twice, which leaves the means
-    unchanged). It is meant to be **added to a base loss**: ``triplet(x, y) + tcm(x, y)``
-    (the paper adds it to Smooth-AP, recall@k surrogates, ProxyAnchor and others).
+    unchanged). It is meant to be **added to a base loss**, as in the paper's framework:
+    ``triplet(x, y) + tcm(x, y)``.
 
     Per anchor: :math:`\ell_a = N \cdot \bigl(\lambda^+ \sum_{j}(\cdot)^+_{aj} / H^+ +
     \lambda^- \sum_{j}(\cdot)^-_{aj} / H^-\bigr)`, the anchor's share of the two batch sums,
@@ -46,10 +46,11 @@ class ThresholdConsistentMarginLoss(PairLoss):
     contributes its hard pairs of that kind.
 
     Args:
-        lambda_plus: :math:`\lambda^+`, 1.0 (the paper).
-        lambda_minus: :math:`\lambda^-`, 1.0 (the paper).
-        margin_plus: :math:`m^+`, 0.9 (the paper's default positive margin).
-        margin_minus: :math:`m^-`, 0.5 (the paper's default negative margin).
+        lambda_plus: :math:`\lambda^+`, 1.0.
+        lambda_minus: :math:`\lambda^-`, 1.0.
+        margin_plus: :math:`m^+`, 0.9.
+        margin_minus: :math:`m^-`, 0.5 (all four the defaults of pytorch-metric-learning's
+            implementation of the paper).
         gather_across_ranks: pairs against the embeddings of every rank (False).
         chunk_size: not offered: the counts :math:`H^\pm` are statistics of the whole batch.
 
