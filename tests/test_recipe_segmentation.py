@@ -102,6 +102,7 @@ def _check_report(run_dir: Path, splits: list[str]) -> dict:
         ("segmentation_skeleton_recall.yaml", ["cross_entropy", "dice", "skeleton_recall"]),
         ("segmentation_lovasz.yaml", ["cross_entropy", "lovasz_softmax"]),
         ("segmentation_noisy.yaml", ["cross_entropy", "dice"]),
+        ("segmentation_boundary.yaml", ["cross_entropy", "dice", "boundary"]),
     ],
 )
 def test_default_and_overlays_write_the_report_per_test_split(tmp_path, overlay, terms):
@@ -120,6 +121,13 @@ def test_default_and_overlays_write_the_report_per_test_split(tmp_path, overlay,
         assert "skeleton" in sample and "skeleton" not in dm.val_dataset[0]
     if overlay == "segmentation_noisy.yaml":
         assert dm.labels == "noisy"
+    if overlay == "segmentation_boundary.yaml":
+        assert dm.train_dataset[0]["distance"].shape == (2, 64, 64)
+        criterion = cli.model.criterion
+        assert criterion.context == ("epoch", "distance")
+        assert (
+            criterion.term_weight("dice", 0) == 1.0 and criterion.term_weight("boundary", 5) == 0.99
+        )
 
 
 def _write_tree(root: Path, n: int, size: int = 24) -> None:
@@ -210,6 +218,26 @@ def test_weighted_sum_passes_context_only_to_the_terms_that_declare_it():
     torch.testing.assert_close(total(logits, target, skeleton=skeleton), expected)
     with pytest.raises(TypeError, match="skeleton"):
         total(logits, target)
+
+
+def test_weighted_loss_sum_is_the_compound_loss():
+    from lightning_losses.losses import CompoundLoss
+
+    assert WeightedLossSum is CompoundLoss
+    assert isinstance(SegmentationModule().criterion, CompoundLoss)
+
+
+def test_module_passes_schedules_and_late_terms_to_its_loss():
+    model = SegmentationModule(
+        loss=["cross_entropy", "dice", "cldice"],
+        loss_schedules={"dice": {"start": 1.0, "end": 0.0, "epochs": 10}},
+        loss_activate_when={"cldice": 0.7},
+    )
+    criterion = model.criterion
+    assert criterion.term_weight("dice", 5) == 0.5
+    assert criterion.activate_when == {"cldice": 0.7} and criterion.max_epochs is None
+    with pytest.raises(ValueError, match=r"`activate_when` is keyed by the term names"):
+        SegmentationModule(loss=["dice"], loss_activate_when={"cldice": 0.7})
 
 
 def test_module_rejects_a_loss_without_index_targets_and_duplicate_terms():
