@@ -25,7 +25,7 @@ NAMES = list_losses()
 #: Constructor arguments that keep a loss's step free of host reads, where its default does not.
 #: ALDR-KL without ``num_samples`` grows its table to the largest index seen, which the host reads
 #: (documented on the class); the fixed-size table needs no read.
-SYNC_FREE_KWARGS = {"aldr_kl": {"num_samples": 8}}
+SYNC_FREE_KWARGS = {"aldr_kl": {"num_samples": 8}, "isogclr": {"num_samples": 8}}
 
 
 def _training_call(name: str, *, reduction: str, weighted: bool, validate_args: bool) -> None:
