@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from ..._checks import check_choice, check_number, check_positive
 from ..._reduce import PerSample
@@ -147,6 +146,9 @@ class MSSSIMLoss(DenseLoss):
                 f"{self.window}-tap window: every spatial size must be at least {need}; got "
                 f"shape {tuple(input.shape)}. Pass fewer `betas` or a smaller `sigma`."
             )
+        # imported on first use: the losses import with torch alone (core install)
+        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
         d = self.prepare(input, target)
         n, c = d.probs.shape[:2]
         spatial = tuple(input.shape[2:])
