@@ -10,12 +10,14 @@ of epochs, so they take proportionally fewer steps.
 
     python benchmarks/data_diet.py                        # 3 seeds, keep 0.7
     python benchmarks/data_diet.py --keep 0.7 0.5 --seeds 0
+    python benchmarks/data_diet.py --smoke                # seconds: a check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from lightning_losses._progress import ProgressBar
 from lightning_losses.data import ClassificationDataModule
 from lightning_losses.weighting.data_diet import (
     DEFAULT_NUM_RUNS,
@@ -34,6 +37,9 @@ from lightning_losses.weighting.data_diet import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+#: ``--smoke``: one seed, two scoring CNNs and the final runs of one epoch each, keep 0.5
+#: (one intra-op thread: two stall for seconds per step on a busy machine)
+SMOKE = dict(seeds=[0], epochs=1, score_epochs=1, runs=2, keep=[0.5], threads=1)
 
 
 def batches(size: int, batch_size: int = 64) -> int:
@@ -76,16 +82,32 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x).argmax(1) == y).float().mean())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--score-epochs", type=int, default=None, help="default: epochs // 10")
     parser.add_argument("--runs", type=int, default=DEFAULT_NUM_RUNS)
     parser.add_argument("--keep", nargs="+", type=float, default=[0.7])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/data_diet.md")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/data_diet.md")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny sizes, seconds ({SMOKE}; flags given still win); the table goes to a "
+        "temporary folder unless --out is given",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="data_diet_smoke_")) / "data_diet.md"
+            if args.smoke
+            else ROOT / "benchmarks/results/data_diet.md"
+        )
+    torch.set_num_threads(args.threads)
     score_epochs = args.epochs // 10 if args.score_epochs is None else args.score_epochs
 
     dm = ClassificationDataModule(image_size=8, in_chans=1, seed=0)
@@ -105,23 +127,35 @@ def main() -> None:
     scoring_steps = args.runs * score_epochs * batches(n)
     begin = time.perf_counter()
 
+    # trainings: the scoring CNNs, all data, and EL2N-kept and random-kept per keep fraction
+    trainings = len(args.seeds) * (args.runs + 1 + 2 * len(args.keep))
+    progress = ProgressBar(trainings, "data diet", unit="trainings")
     for seed in args.seeds:
-        runs = [
-            score_dataset(train(train_x, train_y, 1000 * seed + r, score_epochs), train_set)
-            for r in range(args.runs)
-        ]
+        runs = []
+        for r in range(args.runs):
+            progress.set_description(f"data diet, seed {seed}: EL2N scoring run {r}")
+            model = train(train_x, train_y, 1000 * seed + r, score_epochs)
+            runs.append(score_dataset(model, train_set))
+            progress.advance()
         el2n = average_scores(runs)
+        progress.set_description(f"data diet, seed {seed}: all data")
         full = train(train_x, train_y, seed, args.epochs)
         rows["all data"].append(accuracy(full, test_x, test_y))
+        progress.advance()
         for keep in args.keep:
             kept = prune_by_score(el2n, 1.0 - keep)
             g = torch.Generator().manual_seed(seed)
             rand = torch.sort(torch.randperm(n, generator=g)[: len(kept)]).values
             overlap.append(len(set(kept.tolist()) & set(rand.tolist())) / len(kept))
             for name, idx in ((f"EL2N, keep {keep:.0%}", kept), (f"random, keep {keep:.0%}", rand)):
+                progress.set_description(f"data diet, seed {seed}: {name}")
                 model = train(train_x[idx], train_y[idx], seed, args.epochs)
                 rows[name].append(accuracy(model, test_x, test_y))
-        print(f"seed {seed}: " + ", ".join(f"{k} {100 * v[-1]:.1f}" for k, v in rows.items()))
+                progress.advance()
+        progress.write(
+            f"seed {seed}: " + ", ".join(f"{k} {100 * v[-1]:.1f}" for k, v in rows.items())
+        )
+    progress.close()
 
     def fmt(values: list[float]) -> str:
         mean = 100 * statistics.fmean(values)
@@ -162,8 +196,12 @@ def main() -> None:
         f"{statistics.fmean(overlap):.2f} (chance: the keep fraction).",
         "",
         f"Command: `python benchmarks/data_diet.py {' '.join(command)}` "
-        f"({minutes:.1f} min on 2 shared CPU threads).",
+        f"({minutes:.1f} min on {args.threads} shared CPU thread(s)).",
     ]
+    if args.smoke:
+        lines.append(
+            "\nSmoke run (`--smoke`, tiny sizes): a check that the script runs, not a result."
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -28,8 +28,7 @@ to the student alone paired by seed.
 
     python benchmarks/distillation.py                          # step times, 2 rounds
     python benchmarks/distillation.py --accuracy               # + accuracy, 3 seeds
-    python benchmarks/distillation.py --accuracy --seeds 0 --epochs 1 --teacher-epochs 1 \\
-        --limit-batches 3 --timing-epochs 2 --rounds 1 --out /tmp/distillation.md  # smoke run
+    python benchmarks/distillation.py --smoke                  # seconds: a check that it runs
 
 The results are written as Markdown to ``--out`` (``benchmarks/results/distillation.md``).
 """
@@ -40,6 +39,7 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,25 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from lightning_losses._progress import ProgressBar
 from lightning_losses.callbacks import Distillation
 from lightning_losses.data import ClassificationDataModule, DigitVariantsDataModule
 from lightning_losses.tasks.classification import ClassificationModule
 
 ROOT = Path(__file__).resolve().parents[1]
+#: ``--smoke``: step time and accuracy, one round and one seed, 3 batches of 16 per epoch, 2
+#: timing epochs (epoch 0 is warm-up), students and teacher 1 epoch
+SMOKE = dict(
+    accuracy=True,
+    seeds=[0],
+    epochs=1,
+    teacher_epochs=1,
+    limit_batches=3,
+    batch_size=16,
+    acc_batch_size=16,
+    timing_epochs=2,
+    rounds=1,
+)
 
 
 class _Indexed(Dataset):
@@ -127,7 +141,7 @@ def _trainer(args: argparse.Namespace, epochs: int, callbacks: list[L.Callback])
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        default_root_dir=ROOT / "runs" / "benchmarks" / "distillation",
+        default_root_dir=args.runs,
     )
 
 
@@ -148,6 +162,7 @@ TIMING_SETTINGS = ("student alone", "with teacher", "with teacher, cached")
 
 
 def time_setting(setting: str, args: argparse.Namespace) -> dict[str, Any]:
+    args.progress.set_description(f"distillation benchmark: step time, {setting}")
     L.seed_everything(args.timing_seed, verbose=False)
     dm = IndexedDigits(batch_size=args.batch_size, seed=args.timing_seed)
     model = _student(args, dm)
@@ -183,7 +198,8 @@ def timing(args: argparse.Namespace) -> list[str]:
         for setting in TIMING_SETTINGS:
             result = time_setting(setting, args)
             runs[setting].append(result)
-            print(f"round {r} {setting}: {result}", flush=True)
+            args.progress.advance()
+            args.progress.write(f"round {r} {setting}: {result}")
     alone = [r["median_ms"] for r in runs["student alone"]]
     lines = [
         "## Step time",
@@ -239,6 +255,7 @@ def fit_and_test(
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
     trainer.test(model, datamodule=dm, verbose=False)
+    args.progress.advance()
     return {"accuracy": model.reports["test"]["accuracy"], "seconds": seconds}
 
 
@@ -255,9 +272,11 @@ def accuracy(args: argparse.Namespace) -> list[str]:
             in_chans=dm.in_chans,
             temperature_scaling=False,
         )
+        args.progress.set_description(f"distillation benchmark: seed {seed}, teacher")
         results["teacher"].append(fit_and_test(teacher, dm, args, [], args.teacher_epochs))
-        print(f"seed {seed} teacher: {results['teacher'][-1]}", flush=True)
+        args.progress.write(f"seed {seed} teacher: {results['teacher'][-1]}")
         for name in names[1:]:
+            args.progress.set_description(f"distillation benchmark: seed {seed}, {name}")
             L.seed_everything(seed, verbose=False)
             student = _student(args, dm, args.acc_student)
             callbacks: list[L.Callback] = []
@@ -271,7 +290,7 @@ def accuracy(args: argparse.Namespace) -> list[str]:
                     )
                 )
             results[name].append(fit_and_test(student, dm, args, callbacks, args.epochs))
-            print(f"seed {seed} {name}: {results[name][-1]}", flush=True)
+            args.progress.write(f"seed {seed} {name}: {results[name][-1]}")
 
     alone = [r["accuracy"] for r in results["student alone"]]
     dkd = losses["DKD"][1]
@@ -326,7 +345,7 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="resnet34")
     parser.add_argument("--student", default="resnet10t")
@@ -349,8 +368,21 @@ def main() -> None:
         default=None,
         help="training and test batches per epoch (smoke runs only; None = all)",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/distillation.md")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/distillation.md")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny sizes, seconds ({SMOKE}; flags given still win); the results go to a "
+        "temporary folder unless --out is given",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="distillation_smoke_")) if args.smoke else None
+    if args.out is None:
+        args.out = tmp / "distillation.md" if tmp else ROOT / "benchmarks/results/distillation.md"
+    args.runs = tmp or ROOT / "runs" / "benchmarks" / "distillation"
     # One intra-op thread by default: on a small shared CPU machine more threads measure the
     # scheduler rather than the models.
     torch.set_num_threads(args.threads)
@@ -365,9 +397,15 @@ def main() -> None:
     if args.limit_batches is not None:
         lines.append(f"- smoke run: {args.limit_batches} batch(es) per epoch, not a measurement")
     lines.append("")
-    lines += timing(args)
+    # runs: the three timing settings per round; per seed the teacher, the student alone and
+    # one student per distillation loss
+    planned = 3 * args.rounds
     if args.accuracy:
-        lines += accuracy(args)
+        planned += len(args.seeds) * (2 + len(distill_losses(args.epochs)))
+    with ProgressBar(planned, "distillation benchmark", unit="runs") as args.progress:
+        lines += timing(args)
+        if args.accuracy:
+            lines += accuracy(args)
     lines.append(f"Benchmark wall time: {time.perf_counter() - start:.0f} s.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -29,6 +29,7 @@ Without ``--sweep`` each method runs at the value :data:`TUNED` records from suc
     python benchmarks/group_dro.py --sweep                          # the results file (~45 min)
     python benchmarks/group_dro.py                                  # the tuned values only
     python benchmarks/group_dro.py --methods erm group_dro --seeds 0 --epochs 4  # a quick look
+    python benchmarks/group_dro.py --smoke                          # seconds: a check that it runs
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_losses._progress import ProgressBar
 from lightning_losses.callbacks import GroupDRO
 from lightning_losses.data import SpuriousDigitsDataModule
 from lightning_losses.tasks.classification import ClassificationModule
@@ -77,6 +79,9 @@ TUNED: dict[float, dict[str, dict[str, float]]] = {
 }
 SWEEP_WEIGHT_DECAY = (0.05, 10.0)
 SWEEP_ADJUSTMENT = (0.0,)
+#: ``--smoke``: ERM and GroupDRO, one seed, one correlation, 2 training steps (validated once)
+#: and 2 test batches per run
+SMOKE = dict(seeds=[0], epochs=1, correlations=[0.95], limit_batches=2)
 
 
 def hyperparameters(method: str, correlation: float, args: argparse.Namespace) -> dict[str, float]:
@@ -126,6 +131,8 @@ def run(
     # shorter, so it gets proportionally more epochs and validates proportionally less often.
     full = math.ceil(int(dm.group_counts.sum()) / args.batch_size)
     per_epoch = len(dm.train_dataloader())
+    if args.limit_batches is not None:  # an epoch, and a full pass's worth, of that many steps
+        full, per_epoch = min(full, args.limit_batches), min(per_epoch, args.limit_batches)
     every = max(1, full // per_epoch)
     tag = f"{method}-{seed}-{correlation:g}-{hp['weight_decay']:g}-{hp['adjustment']:g}"
     selectors = {
@@ -159,7 +166,11 @@ def run(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=workdir,
+        limit_train_batches=args.limit_batches,
+        limit_val_batches=args.limit_batches,
+        limit_test_batches=args.limit_batches,
     )
+    args.progress.set_description(f"GroupDRO benchmark: {tag}")
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     out = {"seconds": time.perf_counter() - start}
@@ -178,6 +189,7 @@ def run(
         out[f"{key}_accuracy"] = model.reports["test"]["accuracy"]
         step = torch.load(path, map_location="cpu", weights_only=False)["global_step"]
         out[f"{key}_epoch"] = step / full
+    args.progress.advance()
     return out
 
 
@@ -213,7 +225,7 @@ def sweep(
             lines.append(
                 f"| {METHODS[method][0]} | {wd:g} | {c:g} | {fmt([r['val_worst'] for r in runs])} |"
             )
-            print(correlation, method, hp, round(score, 4), flush=True)
+            args.progress.write(f"{correlation} {method} {hp} {round(score, 4)}")
             if best is None or score > best[0]:
                 best = (score, hp, runs)
         assert best is not None
@@ -221,7 +233,21 @@ def sweep(
     return results, chosen, lines
 
 
-def main() -> None:
+def planned_runs(args: argparse.Namespace) -> int:
+    """The training runs ``main`` will make (for the progress bar)."""
+    if not args.sweep:
+        return len(args.correlations) * len(args.methods) * len(args.seeds)
+    per_correlation = 0
+    for method in args.methods:
+        if method == "erm_dro_wd":
+            per_correlation += "group_dro" in args.methods
+        else:
+            grid = len(args.sweep_weight_decay)
+            per_correlation += grid * (len(args.sweep_adjustment) if METHODS[method][2] else 1)
+    return len(args.correlations) * per_correlation * len(args.seeds)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -238,12 +264,41 @@ def main() -> None:
     )
     parser.add_argument("--sweep-weight-decay", nargs="+", type=float, default=SWEEP_WEIGHT_DECAY)
     parser.add_argument("--sweep-adjustment", nargs="+", type=float, default=SWEEP_ADJUSTMENT)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/group_dro.md")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="training, validation and test batches per epoch (smoke runs only; None = all)",
+    )
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/group_dro.md")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny sizes, seconds ({SMOKE}; flags given still win); the table goes to a "
+        "temporary folder unless --out is given",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="group_dro_smoke_")) / "group_dro.md"
+            if args.smoke
+            else ROOT / "benchmarks/results/group_dro.md"
+        )
     torch.set_num_threads(args.threads)
 
     lines: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="group_dro_") as tmp:
+    if args.limit_batches is not None:
+        lines += [
+            f"Smoke run: {args.limit_batches} batch(es) per epoch, not a measurement.",
+            "",
+        ]
+    with (
+        tempfile.TemporaryDirectory(prefix="group_dro_") as tmp,
+        ProgressBar(planned_runs(args), "GroupDRO benchmark", unit="runs") as args.progress,
+    ):
         for correlation in args.correlations:
             lines += table_for(correlation, args, Path(tmp))
     table = "\n".join(lines) + "\n"
@@ -270,7 +325,7 @@ def table_for(correlation: float, args: argparse.Namespace, workdir: Path) -> li
             hp = chosen[method] = hyperparameters(method, correlation, args)
             results[method] = [run(method, s, correlation, hp, args, workdir) for s in args.seeds]
             worst = [round(r["worst_worst"], 3) for r in results[method]]
-            print(correlation, method, worst, flush=True)
+            args.progress.write(f"{correlation} {method} {worst}")
 
     lines = [
         f"### Training correlation {correlation:g}",

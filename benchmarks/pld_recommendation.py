@@ -25,6 +25,7 @@ denoising). An oracle row (noisy rows dropped, BPR's weight decay, first seed) a
 
     python benchmarks/pld_recommendation.py                      # ~25 min on 2 cores
     python benchmarks/pld_recommendation.py --seeds 0 --epochs 10 --weight-decays 0.2
+    python benchmarks/pld_recommendation.py --smoke              # seconds: a check that it runs
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_losses._progress import ProgressBar
 from lightning_losses.callbacks.pld import PLD
 from lightning_losses.tasks.recommendation import (
     MatrixFactorization,
@@ -48,6 +51,9 @@ from lightning_losses.tasks.recommendation import (
 from lightning_losses.weighting.pld import pld_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
+#: ``--smoke``: one seed, one weight decay, 2 epochs of 5 rows per user (validated after the
+#: second), a 1-epoch warm-up
+SMOKE = dict(seeds=[0], epochs=2, val_every=2, weight_decays=[0.2], warmup=1, examples_per_user=5)
 
 
 class KeepBest(L.Callback):
@@ -179,6 +185,7 @@ def run(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    args.progress.set_description(f"PLD benchmark: {method}, seed {seed}, wd {weight_decay:g}")
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     result = {
@@ -191,6 +198,7 @@ def run(
         model.load_state_dict(keep.state)
         result.update(trainer.test(model, datamodule=dm, verbose=False)[0])
     result["seconds"] = time.perf_counter() - start
+    args.progress.advance()
     return result
 
 
@@ -232,7 +240,7 @@ def tuned_runs(method: str, args: argparse.Namespace, **kwargs: Any) -> tuple[fl
         for wd in args.weight_decays
     }
     for wd, r in sweep.items():
-        print(method, "wd", wd, "val", round(r["val/ndcg@10"], 4), flush=True)
+        args.progress.write(f"{method} wd {wd} val {round(r['val/ndcg@10'], 4)}")
     wd = max(sweep, key=lambda w: sweep[w]["val/ndcg@10"])
     runs = [sweep[wd]] + [
         run(s, args, method=_kind(method), weight_decay=wd, **kwargs) for s in others
@@ -244,7 +252,7 @@ def _kind(method: str) -> str:
     return {"bpr": "uniform", "pld": "pld", "all": "bpr"}[method]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
@@ -270,25 +278,44 @@ def main() -> None:
         "ops is many times slower with 2 threads on a busy 2-core machine",
     )
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks/results/pld_recommendation.md"
+        "--out", type=Path, help="default: benchmarks/results/pld_recommendation.md"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"tiny sizes, seconds ({SMOKE}; flags given still win); the table goes to a "
+        "temporary folder unless --out is given",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="pld_smoke_")) / "pld_recommendation.md"
+            if args.smoke
+            else ROOT / "benchmarks/results/pld_recommendation.md"
+        )
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
+    # per method: the weight-decay sweep on the first seed, then the other seeds; the oracle
+    planned = len(args.methods) * (len(args.weight_decays) + len(args.seeds) - 1)
+    planned += "bpr" in args.methods
     rows: dict[str, tuple[float, list[dict[str, Any]]]] = {}
     sweeps: dict[str, list[tuple[float, float]]] = {}
-    for method in args.methods:
-        name = METHODS[method].format(tau=args.tau)
-        wd, runs, sweeps[name] = tuned_runs(method, args, tau=args.tau)
-        rows[name] = (wd, runs)
-    best = [ceiling(s, args.noise) for s in args.seeds]
     bpr_name = METHODS["bpr"]
     oracle = None
-    if bpr_name in rows:
-        oracle = run(
-            args.seeds[0], args, method="drop_noisy", weight_decay=rows[bpr_name][0], test=False
-        )
+    with ProgressBar(planned, "PLD benchmark", unit="runs") as args.progress:
+        for method in args.methods:
+            name = METHODS[method].format(tau=args.tau)
+            wd, runs, sweeps[name] = tuned_runs(method, args, tau=args.tau)
+            rows[name] = (wd, runs)
+        best = [ceiling(s, args.noise) for s in args.seeds]
+        if bpr_name in rows:
+            oracle = run(
+                args.seeds[0], args, method="drop_noisy", weight_decay=rows[bpr_name][0], test=False
+            )
     total = time.perf_counter() - start
 
     layout = "one shared negative per pool" if args.shared_negative else "own negative per row"
@@ -364,6 +391,11 @@ def main() -> None:
                 f"{row['pool_loss']:.3f} | {row['effective']:.2f} | {row['noisy_share']:.3f} |"
             )
     lines += ["", f"Whole benchmark: {total / 60:.1f} min with {args.threads} thread(s)."]
+    if args.smoke:
+        lines += [
+            "",
+            "Smoke run (`--smoke`, tiny sizes): a check that the script runs, not a result.",
+        ]
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
