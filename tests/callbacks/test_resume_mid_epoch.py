@@ -208,6 +208,7 @@ class Run:
                 ),
             ],
             logger=CSVLogger(root, name="logs") if logger else False,
+            log_every_n_steps=1,
             enable_progress_bar=False,
             enable_model_summary=False,
         )
