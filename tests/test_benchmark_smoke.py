@@ -59,9 +59,10 @@ def assert_numbers(rows: list[list[str]], columns: range | list[int]) -> None:
             assert all(math.isfinite(float(v)) for v in row[j].split(" ± ")), row
 
 
-def _run(name: str, tmp_path: Path, monkeypatch, *extra: str) -> str:
+def _run(name: str, tmp_path: Path, monkeypatch, capsys) -> str:
     """``--smoke`` without ``--out``: the table goes to a fresh temporary folder (here under
-    ``tmp_path``), and ``benchmarks/results/`` is left as it was."""
+    ``tmp_path``), ``benchmarks/results/`` is left as it was, and a progress bar over the runs
+    reaches its end."""
     made: list[Path] = []
 
     def mkdtemp(suffix=None, prefix=None, dir=None):
@@ -72,8 +73,11 @@ def _run(name: str, tmp_path: Path, monkeypatch, *extra: str) -> str:
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     results = ROOT / "benchmarks" / "results" / f"{name}.md"
     committed = results.read_bytes()
-    _main(name, monkeypatch)(["--smoke", *extra])
+    _main(name, monkeypatch)(["--smoke"])
     assert results.read_bytes() == committed
+    printed = capsys.readouterr().out
+    # tqdm: "100%|██████████| 2/2 runs [00:05<00:00]"; rich: "━━━━ 100% 2/2 runs 0:00:05 < 0:00:00"
+    assert re.search(r"100%[^\r\n]*? (\d+)/\1 (runs|trainings)", printed), printed[-2000:]
     (out,) = [p for d in made for p in d.glob(f"{name}.md")]
     text = out.read_text()
     assert "smoke run" in text.lower()  # never mistaken for a result
@@ -81,8 +85,8 @@ def _run(name: str, tmp_path: Path, monkeypatch, *extra: str) -> str:
 
 
 @pytest.mark.slow
-def test_classification_losses(tmp_path, monkeypatch):
-    text = _run("classification_losses", tmp_path, monkeypatch)
+def test_classification_losses(tmp_path, monkeypatch, capsys):
+    text = _run("classification_losses", tmp_path, monkeypatch, capsys)
     header, rows = table(text, "overlay")
     assert header[3:] == [
         "accuracy",
@@ -96,16 +100,16 @@ def test_classification_losses(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_data_diet(tmp_path, monkeypatch):
-    header, rows = table(_run("data_diet", tmp_path, monkeypatch), "training data")
+def test_data_diet(tmp_path, monkeypatch, capsys):
+    header, rows = table(_run("data_diet", tmp_path, monkeypatch, capsys), "training data")
     assert header == ["training data", "test accuracy", "SGD steps of the final run"]
     assert [r[0] for r in rows] == ["all data", "EL2N, keep 50%", "random, keep 50%"]
     assert_numbers(rows, [1, 2])
 
 
 @pytest.mark.slow
-def test_distillation(tmp_path, monkeypatch):
-    text = _run("distillation", tmp_path, monkeypatch)
+def test_distillation(tmp_path, monkeypatch, capsys):
+    text = _run("distillation", tmp_path, monkeypatch, capsys)
     header, rows = table(text, "setting")
     assert len(header) == 4
     assert [r[0] for r in rows] == ["student alone", "with teacher", "with teacher, cached"]
@@ -119,16 +123,16 @@ def test_distillation(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_group_dro(tmp_path, monkeypatch):
-    header, rows = table(_run("group_dro", tmp_path, monkeypatch), "method")
+def test_group_dro(tmp_path, monkeypatch, capsys):
+    header, rows = table(_run("group_dro", tmp_path, monkeypatch, capsys), "method")
     assert len(header) == 8 and header[2].startswith("worst-group test")
     assert [r[0] for r in rows] == ["ERM", "GroupDRO"]
     assert_numbers(rows, range(2, 8))
 
 
 @pytest.mark.slow
-def test_infobatch(tmp_path, monkeypatch):
-    header, rows = table(_run("infobatch", tmp_path, monkeypatch), "method")
+def test_infobatch(tmp_path, monkeypatch, capsys):
+    header, rows = table(_run("infobatch", tmp_path, monkeypatch, capsys), "method")
     assert header[1:] == [
         "test accuracy (%)",
         "forward/backward passes (% of full)",
@@ -140,8 +144,8 @@ def test_infobatch(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pld_recommendation(tmp_path, monkeypatch):
-    header, rows = table(_run("pld_recommendation", tmp_path, monkeypatch), "method")
+def test_pld_recommendation(tmp_path, monkeypatch, capsys):
+    header, rows = table(_run("pld_recommendation", tmp_path, monkeypatch, capsys), "method")
     assert len(header) == 8 and header[3:5] == ["test Recall@10", "test NDCG@10"]
     assert [r[0] for r in rows] == [
         "BPR (one uniform positive per user row)",
