@@ -23,13 +23,15 @@ def _script():
 
 
 @pytest.mark.slow
-def test_smoke_mode_runs_every_row_and_writes_the_table(tmp_path):
+def test_smoke_mode_runs_and_writes_the_table(tmp_path):
     script = _script()
     out = tmp_path / "reid_losses.md"
-    text = script.main(["--smoke", "--seeds", "0", "--out", str(out)])
+    # two rows keep it short: the plain recipe and a margin head with its own parameter group
+    picked = ["ce", "arcface_triplet"]
+    text = script.main(["--smoke", "--rows", *picked, "--seeds", "0", "--out", str(out)])
     assert out.read_text() == text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == [d for d, _ in script.ROWS.values()]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == [script.ROWS[r][0] for r in picked]
     for row in rows[1:]:
         cells = [c.strip() for c in row.split("|")[2:-2]]
         assert len(cells) == 6 and all(re.fullmatch(r"\d+\.\d", c) for c in cells), row
