@@ -3,8 +3,8 @@ last step checkpoint, continues like the run that was never interrupted.
 
 Every run saves a checkpoint every ``EVERY`` optimiser steps (``ModelCheckpoint(
 every_n_train_steps=EVERY, save_last=True)``). The killed run raises from a callback at step
-``KILL`` (epoch 1, batch 5); its last checkpoint is the one of step ``CKPT`` (epoch 1, after
-batch 1), from which ``fit(..., ckpt_path="last")`` resumes.
+``KILL`` (epoch 1, batch index 5); its last checkpoint is the one of step ``CKPT`` (epoch 1,
+after its first two batches), from which ``fit(..., ckpt_path="last")`` resumes.
 
 Lightning restores the weights, the optimiser, the loop counters (epoch, global step, batch
 index) and every callback's ``state_dict``, but not the position of a plain ``DataLoader`` in
