@@ -185,3 +185,19 @@ def test_side_outputs_of_another_batch_size_are_a_clear_error():
         CompoundLoss()([x, x[:2]], y)
     with pytest.raises(ValueError, match="deep_supervision_weights"):
         CompoundLoss(deep_supervision_weights=[1.0])([x, x], y)
+
+
+@pytest.mark.parametrize("spatial", [(6, 7), (4, 5, 6)], ids=["2d", "3d"])
+def test_cross_entropy_plus_dice_equals_monai_dice_ce(spatial):
+    """The default compound is MONAI's ``DiceCELoss`` (same smoothing, weights 1 and 1)."""
+    monai_losses = pytest.importorskip("monai.losses")
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 4, *spatial, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = torch.randint(0, 4, (3, *spatial), generator=g)
+    ours = CompoundLoss()(x, y)
+    x2 = x.detach().clone().requires_grad_(True)
+    theirs = monai_losses.DiceCELoss(softmax=True, to_onehot_y=True)(x2, y.unsqueeze(1))
+    torch.testing.assert_close(ours, theirs)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(x.grad, x2.grad)
