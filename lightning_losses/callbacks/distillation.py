@@ -380,8 +380,9 @@ class Distillation(L.Callback):
             k = num_classes_of(pl_module, getattr(trainer, "datamodule", None))
             self._teachers = [s.build(k) for s in self._sources]
         device = trainer.strategy.root_device
+        dtype = _parameter_dtype(pl_module)  # a float64 student gets float64 teachers
         for t in self._teachers:
-            t.to(device)
+            t.to(device=device, dtype=dtype)
         self._runners = list(self._teachers)
         if self.features:
             self._student_tap = FeatureTap(
@@ -400,9 +401,7 @@ class Distillation(L.Callback):
             self._create_adapters(trainer, pl_module, device)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dtype = next(
-            (p.dtype for p in pl_module.parameters() if p.is_floating_point()), torch.float32
-        )
+        dtype = _parameter_dtype(pl_module)  # after the precision plugin's conversion
         for t in self.teachers:
             t.to(device=pl_module.device, dtype=dtype)
         if self.compile:
@@ -533,6 +532,10 @@ class Distillation(L.Callback):
 
     @torch.no_grad()
     def _run_teachers(self, trainer: L.Trainer, x: Any) -> dict[str, Tensor]:
+        if isinstance(x, Tensor) and x.is_floating_point() and self._teachers:
+            # a student that casts its own input (a float64 model fed float32 data): the
+            # teachers, in the student's dtype, get the input in theirs
+            x = x.to(_parameter_dtype(self._teachers[0]))
         if self._teacher_reader is not None:
             with trainer.precision_plugin.forward_context():
                 feats = self._teacher_reader(x)
@@ -701,7 +704,9 @@ class Distillation(L.Callback):
                 f"the student's attribute `{ADAPTERS_ATTR}` is reserved for distillation "
                 f"adapters (an nn.ModuleDict); it holds a {type(container).__name__}."
             )
-        container[self.name] = nn.ModuleDict(built).to(device)
+        container[self.name] = nn.ModuleDict(built).to(
+            device=device, dtype=_parameter_dtype(pl_module)
+        )
 
     def _dry_run(
         self, trainer: L.Trainer, pl_module: L.LightningModule, device: torch.device
@@ -731,6 +736,11 @@ class Distillation(L.Callback):
             [tuple(f.shape[1:]) for f in student],
             [tuple(teacher[f"feature{i}"].shape[1:]) for i in range(len(student))],
         )
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's first floating-point parameter (float32 if it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
 @contextmanager

@@ -562,6 +562,27 @@ def test_bf16_mixed_on_cpu_trains_with_a_finite_term():
     assert all(torch.isfinite(step["values"]).all() for step in true_bf16.seen)
 
 
+class DoubleConvStudent(ConvStudent):
+    """A float64 student: inputs are cast to its dtype in ``forward``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.double()
+
+    def forward(self, x):
+        return self.net(x.double())
+
+
+def test_a_float64_student_gets_float64_teachers_and_adapters():
+    feat = Spy(conv_teacher(), loss="fitnet", student_layers="net.0.1", teacher_layers="2")
+    student = DoubleConvStudent()
+    _trainer(max_epochs=1, callbacks=[feat]).fit(student, _loader(shape=(3, 8, 8)))
+    assert feat.teachers[0][0].weight.dtype == torch.float64
+    adapters = [p for n, p in student.named_parameters() if "adapter" in n.lower()]
+    assert adapters and all(p.dtype == torch.float64 for p in adapters)
+    assert feat.seen and all(torch.isfinite(step["values"]).all() for step in feat.seen)
+
+
 # ----------------------------------------------------------------------------- 9. DDP
 
 
