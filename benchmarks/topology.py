@@ -32,7 +32,7 @@ stronger noise), each run's OOD value first averaged over those splits.
 
     .venv/bin/python benchmarks/topology.py                   # results file and docs table
     .venv/bin/python benchmarks/topology.py --jobs 1 --threads 2
-    .venv/bin/python benchmarks/topology.py --smoke --out /tmp/topology.md   # seconds
+    .venv/bin/python benchmarks/topology.py --smoke   # seconds; the table goes to a temp folder
 
 Runs are appended as they finish to a JSON-lines file next to ``--out``
 (``topology_runs.jsonl``); a rerun with the same sizes skips the runs already there, so an
@@ -57,6 +57,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lightning_losses._progress import ProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmark_topology.md"
@@ -420,12 +422,13 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def execute(runs: Sequence[Run], jobs: int, threads: int, log: Path | None) -> list[dict]:
+def execute(
+    runs: Sequence[Run], jobs: int, threads: int, log: Path | None, bar: ProgressBar
+) -> list[dict]:
     """Run what ``log`` does not hold yet (``jobs`` processes), appending each result to it."""
     done = load_runs(log) if log is not None else {}
     todo = [r for r in runs if r.key() not in done]
-    if todo:
-        print(f"{len(todo)} runs to do ({len(runs) - len(todo)} already done)", file=sys.stderr)
+    bar.advance(len(runs) - len(todo))  # already in the log
 
     def record(run: Run, result: dict[str, Any]) -> None:
         result = {"key": run.key(), **result}
@@ -434,13 +437,13 @@ def execute(runs: Sequence[Run], jobs: int, threads: int, log: Path | None) -> l
             with log.open("a") as f:
                 f.write(json.dumps(result) + "\n")
         g = group_values(result["splits"])
-        print(
+        bar.write(
             f"{run.phase} {run.method} {run.labels} seed {run.seed} knob {run.knob}: "
             f"ID dice {g['ID']['dice']:.3f} cldice {g['ID']['cldice']:.3f} "
             f"BM {g['ID']['betti_matching']:.2f}; OOD dice {g['OOD']['dice']:.3f}; "
-            f"{result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU",
-            file=sys.stderr,
+            f"{result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU"
         )
+        bar.advance()
 
     if jobs <= 1:
         for run in todo:
@@ -482,7 +485,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--no-tune", action="store_true", help="use the default α and weight")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/topology.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: benchmarks/results/topology.md; with --smoke a file in a new temporary "
+        "folder (the committed results are never overwritten by a smoke run)",
+    )
     parser.add_argument("--update-docs", action=argparse.BooleanOptionalAction, default=None,
                         help=f"write the tables into {DOCS.relative_to(ROOT)} (default: "
                         "on unless --smoke)")  # fmt: skip
@@ -492,28 +500,38 @@ def main(argv: list[str] | None = None) -> str:
     tune = not (args.no_tune or args.smoke)
     update_docs = (not args.smoke) if args.update_docs is None else args.update_docs
     jobs = 1 if args.smoke else args.jobs
+    if args.out is None:
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="topology_smoke_")) / "topology.md"
+            if args.smoke
+            else ROOT / "benchmarks/results/topology.md"
+        )
     log = None if args.smoke else args.out.with_name(args.out.stem + "_runs.jsonl")
     start = time.perf_counter()
 
     chosen = dict(DEFAULT_KNOB)
     results: list[dict[str, Any]] = []
-    if tune:
-        grid = [
-            Run("tune", m, "accurate", TUNING_SEED, knob, sizes)
-            for m, values in GRID.items()
-            if m in args.methods
-            for knob in values
-        ]
-        results += execute(grid, jobs, args.threads, log)
-        chosen.update({m: choose(results, m) for m in GRID if m in args.methods})
-    runs = [
-        Run("main", m, labels, seed, chosen.get(m), sizes)
-        for labels in LABELS
-        for seed in seeds
-        for m in args.methods
+    grid = [
+        Run("tune", m, "accurate", TUNING_SEED, knob, sizes)
+        for m, values in GRID.items()
+        if tune and m in args.methods
+        for knob in values
     ]
-    results += execute(runs, jobs, args.threads, log)
+    planned = len(grid) + len(LABELS) * len(seeds) * len(args.methods)
+    with ProgressBar(planned, "Topology benchmark", unit="runs") as bar:
+        if grid:
+            results += execute(grid, jobs, args.threads, log, bar)
+            chosen.update({m: choose(results, m) for m in GRID if m in args.methods})
+        runs = [
+            Run("main", m, labels, seed, chosen.get(m), sizes)
+            for labels in LABELS
+            for seed in seeds
+            for m in args.methods
+        ]
+        results += execute(runs, jobs, args.threads, log, bar)
     text = report(results, sizes, chosen, tune, seeds, environment(args.threads, jobs))
+    if args.smoke:
+        text = "Smoke run: tiny sizes and one seed, not a measurement.\n\n" + text
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,24 @@ def _split(dice: float, cldice: float, bm0: float, bm1: float, b0: float, b1: fl
 
 
 @pytest.mark.slow
-def test_smoke_mode_trains_every_method_on_both_label_variants(tmp_path):
+def test_smoke_mode_trains_every_method_on_both_label_variants(tmp_path, monkeypatch, capsys):
     script = _script()
-    out = tmp_path / "topology.md"
-    text = script.main(["--smoke", "--out", str(out)])
-    assert out.read_text() == text
+    made: list[Path] = []
+
+    def mkdtemp(suffix=None, prefix=None, dir=None):
+        made.append(tmp_path / f"{prefix or 'tmp'}{len(made)}")
+        made[-1].mkdir()
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    results = ROOT / "benchmarks" / "results" / "topology.md"
+    committed = results.read_bytes()
+    text = script.main(["--smoke"])
+    assert results.read_bytes() == committed  # a smoke run never overwrites the results
+    (out,) = [p for d in made for p in d.glob("topology.md")]
+    assert out.read_text() == text and text.startswith("Smoke run:")
+    printed = capsys.readouterr().out
+    assert re.search(r"100%[^\r\n]*? 8/8 runs", printed), printed[-2000:]
     rows = [line for line in text.splitlines() if re.match(r"\| (accurate|noisy) \| ", line)]
     main_rows = [r for r in rows if r.count("|") == 12]  # 11 cells: 3 + 2 groups x 4 metrics
     assert len(main_rows) == 8  # 4 methods x 2 label variants, one seed each
