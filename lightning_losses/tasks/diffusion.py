@@ -102,6 +102,9 @@ class DiffusionModule(LossMixin, L.LightningModule):
         val_samples: images sampled at the end of each validation (0 = none); 100.
         num_buckets: timestep buckets of the per-bucket loss; 10.
         ema_decay: decay of the exponential moving average of the weights; 0 or None = off.
+            0.995 (a half-life of about 140 steps): a short run needs a short memory, since
+            after n steps the average still holds decay^n of the initial weights (0.999 keeps
+            40 % of them after the default run's 920 steps).
         lr, weight_decay, warmup_steps: AdamW with a linear warm-up and a cosine decay.
         quality_cache_dir: where the sample-quality classifier is cached; None = the
             trainer's ``default_root_dir``.
@@ -138,7 +141,7 @@ class DiffusionModule(LossMixin, L.LightningModule):
         num_samples: int = 500,
         val_samples: int = 100,
         num_buckets: int = 10,
-        ema_decay: float | None = 0.999,
+        ema_decay: float | None = 0.995,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
