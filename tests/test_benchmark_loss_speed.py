@@ -80,14 +80,15 @@ print(script.peak_added_mib(call, repeats=3))
 )
 def test_peak_memory_probe_reads_a_known_allocation():
     """Under the probe's allocator settings, a call that fills and frees a 16 MiB tensor adds
-    16 MiB at its peak (and a little of the allocator's own). Without them, glibc keeps the
-    freed block resident after the first call and the reading is meaningless."""
+    16 MiB at its peak, give or take what the process itself releases or touches meanwhile
+    (readings of 15.9 to 16.4 MiB). Without them, glibc keeps the freed block resident after
+    the first call and the reading is meaningless (0)."""
     script = _script()
     env = {**os.environ, **script.MALLOC_ENV}
     command = [sys.executable, "-c", PROBE, str(ROOT / "benchmarks" / "loss_speed.py")]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     added = float(out.stdout.strip().splitlines()[-1])
-    assert 16.0 <= added < 18.0, added
+    assert 15.5 <= added < 17.0, added
 
 
 def test_the_page_shows_the_committed_results():
