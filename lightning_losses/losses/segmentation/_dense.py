@@ -281,10 +281,13 @@ def prepare_dense(
 
 
 def region_sums(d: DenseInput, reduce_over: str = "image", *, difference: bool = False):
-    """Per-class sums of :math:`pg`, :math:`p`, :math:`g` (and :math:`|p-g|` when asked).
+    r"""Per-class sums of :math:`pg`, :math:`p`, :math:`g` (and :math:`|p-g|` when asked).
 
     Summed over each image's pixels, ``(N, C)``, or over the batch and the pixels, ``(1, C)``
-    (``reduce_over="batch"``). Accumulated in the compute dtype (float32 for half input).
+    (``reduce_over="batch"``). Accumulated in the compute dtype (float32 for half input). For a
+    one-hot target (``DenseInput.one_hot``) with at most :data:`ONE_HOT_PRODUCT_MAX_CLASSES`
+    classes, :math:`\sum pg` and :math:`\sum p` come from one matrix product
+    (:func:`_one_hot_sums`): the same values up to the order of the floating-point summation.
     """
     dims = (2,) if reduce_over == "image" else (0, 2)
 
