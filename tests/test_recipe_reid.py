@@ -315,3 +315,14 @@ def test_retrieval_panel_frames_matches_green_and_others_red(tmp_path):
 
     # each query has 4 correct matches under its other cameras, then wrong ones: both colours
     assert share((0x1A, 0x9C, 0x2F)) > 0.002 and share((0xD6, 0x27, 0x28)) > 0.002
+
+
+def test_the_recipe_is_addressable_by_name_with_its_default_config():
+    from lightning_losses.recipe_runner import list_configs, list_recipes, recipe_argv
+
+    assert "reid" in list_recipes()
+    overlays = {"reid_circle", "reid_arcface", "reid_cosface", "reid_center", "reid_supcon"}
+    assert {"reid", *overlays} <= set(list_configs())
+    assert recipe_argv("reid", "fit", []) == ["fit", "--config", str(CONFIG)]
+    argv = recipe_argv("reid", "fit", ["-c", "reid", "-c", "reid_center"])
+    assert argv == ["fit", "-c", str(CONFIG), "-c", str(CONFIGS / "reid_center.yaml")]
