@@ -105,9 +105,11 @@ def _check_report(run_dir: Path, splits: list[str]) -> dict:
         ("segmentation_boundary.yaml", ["cross_entropy", "dice", "boundary"]),
     ],
 )
-def test_default_and_overlays_write_the_report_per_test_split(tmp_path, overlay, terms):
+def test_default_and_overlays_write_the_report_per_test_split(tmp_path, capsys, overlay, terms):
     extra = ["--config", str(CONFIGS / overlay)] if overlay else []
     cli, run_dir = _run(tmp_path, *extra)
+    out = capsys.readouterr().out  # one table, the recipe's own, on stdout
+    assert out.count("test report written to") == 1 and "Test metric" not in out
     dm = cli.datamodule
     report = _check_report(run_dir, dm.test_split_names)
     assert dm.test_split_names[0] == "test" and len(dm.test_split_names) > 1  # ID + OOD splits

@@ -24,7 +24,6 @@ import lightning as L
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
@@ -37,7 +36,7 @@ from ..mixins import LossMixin
 from ..registry import build_loss
 from .hausdorff import HausdorffDistance95
 from .recipe_cli import RecipeCLI, run_recipe_cli
-from .report import write_report
+from .report import print_report, write_report
 
 #: The name this module used for its weighted sum before :class:`CompoundLoss`; kept importable.
 WeightedLossSum = CompoundLoss
@@ -241,7 +240,7 @@ class SegmentationModule(LossMixin, L.LightningModule):
         title = f"test report ({self.hparams.arch}/{self.hparams.encoder_name}, loss=" + (
             "+".join(self.criterion.terms) + ")"
         )
-        rank_zero_info("\n" + format_split_table(title, splits))
+        print_report("", format_split_table(title, splits))
         payload = {
             "stage": "test",
             "splits": splits,
@@ -263,7 +262,7 @@ class SegmentationModule(LossMixin, L.LightningModule):
                     "negative, grey = correct foreground",
                 )
             )
-        rank_zero_info(f"test report written to {', '.join(str(p) for p in written)}")
+        print_report(f"test report written to {', '.join(str(p) for p in written)}")
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(
@@ -381,9 +380,7 @@ class SegmentationCLI(RecipeCLI):
     def after_fit(self) -> None:
         config = self.config[self.subcommand]
         if config.get("test_after_fit", True):
-            self.trainer.test(
-                self.model, datamodule=self.datamodule, ckpt_path=config.get("test_ckpt_path")
-            )
+            self.test_after_fit(config.get("test_ckpt_path"))
 
 
 #: The datamodule of a config whose ``data`` section names no ``class_path``.
