@@ -18,7 +18,7 @@ from .market1501 import Market1501Images, market1501_splits, parse_market_name
 from .pk_sampler import PKSampler
 from .planned_batches import PlannedBatchSampler
 from .reid_datamodule import QueryGallery, ReIDDataModule
-from .segmentation_datamodule import SegmentationDataModule
+from .segmentation_datamodule import SegmentationAugment, SegmentationDataModule
 from .segmentation_folder import SegmentationFolderDataset, folder_splits, list_pairs
 from .spurious import SpuriousDigits, SpuriousDigitsDataModule, spurious_digits_splits
 from .thin_structures import (
@@ -46,6 +46,7 @@ __all__ = [
     "QueryGallery",
     "ReIDDataModule",
     "ReIDSplits",
+    "SegmentationAugment",
     "SegmentationDataModule",
     "SegmentationFolderDataset",
     "SpuriousDigits",
