@@ -12,8 +12,9 @@ small digit classifier trained once on the clean training images):
 Every run trains the recipe's default model (:class:`~lightning_losses.tasks.diffusion.
 DiffusionModule`, class-conditional U-Net of 0.65 M parameters at 8x8, AdamW 2e-3, warm-up
 and cosine decay over the largest budget) and, when it passes each budget, samples with DDIM
-(50 steps) from its current weights (no weight averaging, so that every budget is scored the
-same way) and records the FID and the fraction of samples classified with confidence > 0.9.
+(25 steps, no guidance) from its current weights (no weight averaging, so that every budget is
+scored the same way) and records the FID and the fraction of samples classified with
+confidence > 0.9.
 Reported per setting and budget: mean ± std over seeds.
 
     python benchmarks/diffusion_objectives.py                 # 3 seeds, budgets 400/800/1600

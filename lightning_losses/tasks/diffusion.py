@@ -97,7 +97,7 @@ class DiffusionModule(LossMixin, L.LightningModule):
         edm_p_mean, edm_p_std, sigma_data: EDM's σ density and data scale (-1.2, 1.2, 0.5).
         sampler: ``"ddim"`` (default), ``"ddpm"``, ``"euler"`` or ``"dpm"`` (DPM-Solver++);
             EDM always samples with diffusers' ``EDMEulerScheduler``.
-        sampler_steps: sampling steps; 50.
+        sampler_steps: sampling steps; 25.
         num_samples: images sampled for the test report; 500.
         val_samples: images sampled at the end of each validation (0 = none); 100.
         num_buckets: timestep buckets of the per-bucket loss; 10.
@@ -137,7 +137,7 @@ class DiffusionModule(LossMixin, L.LightningModule):
         edm_p_std: float = 1.2,
         sigma_data: float = 0.5,
         sampler: str = "ddim",
-        sampler_steps: int = 50,
+        sampler_steps: int = 25,
         num_samples: int = 500,
         val_samples: int = 100,
         num_buckets: int = 10,
