@@ -2,6 +2,7 @@
 
 from .datamodule import ClassificationDataModule
 from .digit_variants import DigitVariantsDataModule, digit_variants
+from .diffusion_datamodule import DiffusionImagesDataModule
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
 from .group_balanced import GroupBalancedSampler
 from .identities import IdentityImages, ReIDSplits, synthetic_identities
@@ -36,6 +37,7 @@ __all__ = [
     "OOD_SPLITS",
     "ClassificationDataModule",
     "DigitVariantsDataModule",
+    "DiffusionImagesDataModule",
     "DigitsDataset",
     "GroupBalancedSampler",
     "IdentityImages",
