@@ -1,8 +1,8 @@
 """Data for the recipes: embedded datasets, real folder loaders, long-tail subsets, datamodules."""
 
 from .datamodule import ClassificationDataModule
-from .digit_variants import DigitVariantsDataModule, digit_variants
 from .diffusion_datamodule import DiffusionImagesDataModule
+from .digit_variants import DigitVariantsDataModule, digit_variants
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_labels
 from .group_balanced import GroupBalancedSampler
 from .identities import IdentityImages, ReIDSplits, synthetic_identities
@@ -36,8 +36,8 @@ __all__ = [
     "LABEL_VARIANTS",
     "OOD_SPLITS",
     "ClassificationDataModule",
-    "DigitVariantsDataModule",
     "DiffusionImagesDataModule",
+    "DigitVariantsDataModule",
     "DigitsDataset",
     "GroupBalancedSampler",
     "IdentityImages",
