@@ -38,9 +38,27 @@ def _run(tmp_path: Path, *extra: str):
     return cli, run_dir
 
 
-def test_fit_then_test_writes_the_report(tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO)
-    cli, run_dir = _run(tmp_path)
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_fit_then_test_writes_the_report(tmp_path, capsys):
+    # Lightning's info messages, read where they are logged (what passes the logger's filters
+    # reaches its own handlers, whatever another test did to propagation or the root logger)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        cli, run_dir = _run(tmp_path)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
     out = capsys.readouterr().out
     # one metrics table per report, the recipe's own, on stdout: not Lightning's test table too
     assert out.count("test report (resnet18, loss=cross_entropy)") == 1
@@ -48,9 +66,8 @@ def test_fit_then_test_writes_the_report(tmp_path, capsys, caplog):
     assert "Test metric" not in out and "DataLoader 0" not in out
     assert "test report written to" in out
     # Lightning's product tips are dropped; its own messages about the run are kept
-    messages = [r.getMessage() for r in caplog.records]
-    assert not any("Tip:" in m for m in messages)
-    assert any("`Trainer.fit` stopped" in m for m in messages)
+    assert not any("Tip:" in m for m in records.messages)
+    assert any("`Trainer.fit` stopped" in m for m in records.messages)
     report = json.loads((run_dir / "test_metrics.json").read_text())
     assert set(report["metrics"]) >= {"accuracy", "macro_f1", "ece", "mce", "nll", "brier"}
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
