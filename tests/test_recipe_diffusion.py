@@ -110,8 +110,10 @@ def _check_report(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overlays", [(), ("diffusion_edm.yaml",)])
-def test_fit_then_test_writes_the_report(tmp_path, overlays):
+def test_fit_then_test_writes_the_report(tmp_path, capsys, overlays):
     cli, run_dir = _run(tmp_path, overlays=overlays)
+    out = capsys.readouterr().out  # one table, the recipe's own, on stdout
+    assert out.count("test report written to") == 1 and "Test metric" not in out
     report = _check_report(run_dir)
     # class-conditional by default: the samples' label agreement is reported
     assert "label_agreement" in report["rows"]["samples"]

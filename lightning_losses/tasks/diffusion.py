@@ -26,7 +26,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from .._checks import check_choice, check_int, check_positive
@@ -44,6 +43,7 @@ from ..losses.diffusion import DiffusionLoss
 from ..mixins import LossMixin
 from ..registry import build_loss, list_losses
 from .recipe_cli import RecipeCLI, run_recipe_cli
+from .report import print_report
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "edm")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -504,7 +504,7 @@ class DiffusionModule(LossMixin, L.LightningModule):
             f"{hp.sampler if not self.edm else 'edm_euler'} {hp.sampler_steps} steps, "
             f"{hp.num_samples} samples)"
         )
-        rank_zero_info("\n" + format_quality_table(title, rows))
+        print_report("", format_quality_table(title, rows))
         png = plot_sample_grid(samples[:100], out / "test_samples.png", title="samples")
         curve = plot_bucket_curves(
             self.bucket_curves, out / "test_loss_by_timestep.png", edm=self.edm
@@ -523,7 +523,7 @@ class DiffusionModule(LossMixin, L.LightningModule):
         }
         json_path = out / "test_metrics.json"
         json_path.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
-        rank_zero_info(f"test report written to {json_path}, {png}, {curve}")
+        print_report(f"test report written to {json_path}, {png}, {curve}")
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -649,7 +649,7 @@ class DiffusionCLI(RecipeCLI):
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit", True):
-            self.trainer.test(self.model, datamodule=self.datamodule)
+            self.test_after_fit()
 
 
 #: The datamodule of a config whose ``data`` section names no ``class_path``.
