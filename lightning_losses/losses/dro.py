@@ -19,13 +19,12 @@ from .._checks import (
     check_choice,
     check_int,
     check_number,
-    check_on_device,
     check_positive,
-    check_tensor,
 )
 from .._reduce import PerSample
 from ..registry import register_loss
 from ._inputs import Categorical, per_sample_reduce, target_mask
+from ._sample_tables import all_gather_rows, check_sample_index, last_write
 from .classification import CategoricalLoss
 
 
@@ -314,7 +313,10 @@ class ALDRKLLoss(CategoricalLoss):
         n, k = input.shape
         if k < 2:
             raise ValueError(f"`input` must have at least 2 classes; got {k}.")
-        index = self._check_index(index, n)
+        index = check_sample_index(
+            index, n, device=self.lambdas.device, num_samples=self.num_samples,
+            training=self.training,
+        )  # fmt: skip
         s = self.scores(c.logits)
         not_target = 1.0 - target_mask(s, c.target).to(s.dtype)
         gaps = s - s.gather(1, c.target[:, None]) + self.margin * not_target
@@ -334,30 +336,6 @@ class ALDRKLLoss(CategoricalLoss):
         return per_sample_reduce(values, c.valid, n)
 
     # -- the table ------------------------------------------------------------------------------
-
-    def _check_index(self, index: object, n: int) -> Tensor:
-        check_tensor(index, "index")
-        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-            raise TypeError(f"`index` must hold integer dataset indices; got dtype {index.dtype}.")
-        if index.shape != (n,):
-            raise ValueError(
-                f"`index` must have shape ({n},), one dataset index per sample; got "
-                f"{tuple(index.shape)}."
-            )
-        index = index.to(device=self.lambdas.device, dtype=torch.long)
-        if self.training and n > 0:
-            limit = self.num_samples
-            bad = index < 0 if limit is None else (index < 0) | (index >= limit)
-            where = ">= 0" if limit is None else f"in [0, {limit})"
-            check_on_device(
-                ~bad.any(),
-                f"`index` must be {where} (`num_samples`={limit}).",
-                lambda: (
-                    f"`index` must be {where} (`num_samples`={limit}); got "
-                    f"{index[bad].unique()[:5].tolist()}."
-                ),
-            )
-        return index
 
     def _read(self, index: Tensor) -> Tensor:
         """Stored temperatures of ``index``; ``lam`` for samples never written."""
@@ -380,7 +358,8 @@ class ALDRKLLoss(CategoricalLoss):
             valid = torch.ones_like(index, dtype=torch.bool)
         valid = valid.to(index.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            index, values, valid = _all_gather_rows(index, values, valid)
+            index, rows = all_gather_rows(index, torch.stack([values, valid.to(values.dtype)], 1))
+            values, valid = rows[:, 0], rows[:, 1].bool()
         if index.numel() == 0:
             return
         if self.num_samples is None:
@@ -391,9 +370,7 @@ class ALDRKLLoss(CategoricalLoss):
                 self.lambdas = grown
         # The last valid row with the same index, found in O(n^2) on the batch (no table-sized
         # scratch); -1 where no valid row has that index: the slot keeps its stored value.
-        position = torch.arange(index.numel(), device=index.device)
-        same = (index[:, None] == index[None, :]) & valid[None, :]
-        last = torch.where(same, position[None, :], -1).amax(1)
+        last = last_write(index, valid)
         final = torch.where(last >= 0, values[last.clamp_min(0)], self.lambdas[index])
         self.lambdas[index] = final
 
@@ -412,25 +389,3 @@ class ALDRKLLoss(CategoricalLoss):
             f"alpha={self.alpha}, logit_transform={self.logit_transform!r}, "
             f"{super().extra_repr()}"
         )
-
-
-def _all_gather_rows(index: Tensor, values: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Concatenate every rank's (index, value, valid) rows in rank order.
-
-    Ranks may hold different numbers of rows, so the sizes are exchanged and read on the host
-    (one read per training step, under DDP only).
-    """
-    world = dist.get_world_size()
-    device = index.device
-    count = torch.tensor([index.numel()], dtype=torch.long, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    packed = torch.zeros(max(sizes), 3, dtype=torch.float64, device=device)
-    packed[: index.numel(), 0] = index.double()
-    packed[: index.numel(), 1] = values.double()
-    packed[: index.numel(), 2] = valid.double()
-    gathered = [torch.empty_like(packed) for _ in range(world)]
-    dist.all_gather(gathered, packed)
-    rows = torch.cat([g[:m] for g, m in zip(gathered, sizes, strict=True)])
-    return rows[:, 0].long(), rows[:, 1].to(values.dtype), rows[:, 2].bool()

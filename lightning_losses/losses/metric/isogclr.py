@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..._checks import check_int, check_on_device, check_positive, check_range, check_tensor
+from ..._checks import check_int, check_positive, check_range
 from ..._reduce import PerSample
 from ...registry import register_loss
 from .._base import Loss
+from .._sample_tables import all_gather_rows, check_sample_index, last_write
 from ._pairs import _autocast_off, _common, distributed_world, masked_logsumexp
 from .barlow_twins import check_views, gather_views
 
@@ -162,7 +162,10 @@ class ISogCLRLoss(Loss):
     def per_sample(self, input: Tensor, target: Tensor, index: Tensor) -> PerSample:
         check_views(input, target, validate_args=self.validate_args)
         n = input.shape[0]
-        index = self._check_index(index, n)
+        index = check_sample_index(
+            index, n, device=self.tau.device, num_samples=self.num_samples,
+            training=self.training, per="pair of views",
+        )  # fmt: skip
         world = distributed_world()[1] if self.gather_across_ranks else 1
         m = n * world  # images whose views are the references
         if m < 2:  # no negative: the objective is undefined; zero, connected to the graph
@@ -224,30 +227,6 @@ class ISogCLRLoss(Loss):
 
     # -- the tables ------------------------------------------------------------------------------
 
-    def _check_index(self, index: object, n: int) -> Tensor:
-        check_tensor(index, "index")
-        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-            raise TypeError(f"`index` must hold integer dataset indices; got dtype {index.dtype}.")
-        if index.shape != (n,):
-            raise ValueError(
-                f"`index` must have shape ({n},), one dataset index per pair of views; got "
-                f"{tuple(index.shape)}."
-            )
-        index = index.to(device=self.tau.device, dtype=torch.long)
-        if self.training and n > 0:
-            limit = self.num_samples
-            bad = index < 0 if limit is None else (index < 0) | (index >= limit)
-            where = ">= 0" if limit is None else f"in [0, {limit})"
-            check_on_device(
-                ~bad.any(),
-                f"`index` must be {where} (`num_samples`={limit}).",
-                lambda: (
-                    f"`index` must be {where} (`num_samples`={limit}); got "
-                    f"{index[bad].unique()[:5].tolist()}."
-                ),
-            )
-        return index
-
     def _default(self, name: str) -> float:
         return {"log_u": -math.inf, "tau_grad": 0.0, "tau": self.temperature}[name]
 
@@ -267,7 +246,7 @@ class ISogCLRLoss(Loss):
         every rank; of repeated indices the last row wins."""
         rows = rows.to(device=self.tau.device, dtype=self.tau.dtype)
         if distributed_world()[1] > 1:
-            index, rows = _all_gather_rows(index, rows)
+            index, rows = all_gather_rows(index, rows)
         if self.num_samples is None:
             size = int(index.max()) + 1  # a growing table: its size is data, read on the host
             if size > self.tau.shape[0]:
@@ -279,9 +258,7 @@ class ISogCLRLoss(Loss):
                     setattr(self, name, grown)
         # The last row with the same index, found in O(n^2) on the batch (no table-sized
         # scratch), so that colliding writes all write the same value.
-        position = torch.arange(index.numel(), device=index.device)
-        last = torch.where(index[:, None] == index[None, :], position[None, :], -1).amax(1)
-        final = rows[last]
+        final = rows[last_write(index)]
         for column, name in enumerate(STATE):
             getattr(self, name)[index] = final[:, column]
 
@@ -303,20 +280,3 @@ class ISogCLRLoss(Loss):
             f"tau_max={self.tau_max}, gather_across_ranks={self.gather_across_ranks}, "
             f"{super().extra_repr()}"
         )
-
-
-def _all_gather_rows(index: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Every rank's ``(index, rows)`` concatenated in rank order. Ranks may hold different
-    numbers of rows, so the sizes are exchanged and read on the host (under DDP only)."""
-    world = dist.get_world_size()
-    count = torch.tensor([index.numel()], dtype=torch.long, device=index.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    packed = torch.zeros(max(sizes), 1 + rows.shape[1], dtype=torch.float64, device=index.device)
-    packed[: index.numel(), 0] = index.double()
-    packed[: index.numel(), 1:] = rows.double()
-    gathered = [torch.empty_like(packed) for _ in range(world)]
-    dist.all_gather(gathered, packed)
-    joint = torch.cat([g[:k] for g, k in zip(gathered, sizes, strict=True)])
-    return joint[:, 0].long(), joint[:, 1:].to(rows.dtype)
