@@ -638,22 +638,13 @@ class DiffusionCLI(RecipeCLI):
     after ``fit``. A config whose ``data`` section has no ``class_path`` gets
     :class:`~lightning_losses.data.diffusion_datamodule.DiffusionImagesDataModule`."""
 
+    default_data = "lightning_losses.data.diffusion_datamodule.DiffusionImagesDataModule"
+
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.set_defaults({"data": {"class_path": _DEFAULT_DATA}})
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="run `test` right after `fit`"
-        )
-
-    def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit", True):
-            self.test_after_fit()
-
-
-#: The datamodule of a config whose ``data`` section names no ``class_path``.
-_DEFAULT_DATA = "lightning_losses.data.diffusion_datamodule.DiffusionImagesDataModule"
 
 
 def cli_main(args: list[str] | None = None, **kwargs: Any) -> DiffusionCLI:

@@ -74,7 +74,16 @@ def _message(err: BaseException) -> str:
 
 
 class RecipeCLI(LightningCLI):
-    """LightningCLI that turns parse and instantiation errors into :class:`RecipeConfigError`."""
+    """LightningCLI that turns parse and instantiation errors into :class:`RecipeConfigError`.
+
+    Every recipe's command line also gets ``--test_after_fit`` (test right after ``fit``,
+    default true) and ``--test_ckpt_path``, and a config whose ``data`` section names no
+    ``class_path`` gets the recipe's :attr:`default_data`. Subclasses add their own arguments
+    after calling ``super().add_arguments_to_parser(parser)``.
+    """
+
+    #: The datamodule class path of a config whose ``data`` section names none.
+    default_data: str | None = None
 
     def __init__(self, *args: Any, parser_kwargs: dict[str, Any] | None = None, **kwargs: Any):
         quiet = {"exit_on_error": False}
@@ -91,6 +100,26 @@ class RecipeCLI(LightningCLI):
         if subcommand == "test":  # the recipe prints its own test report
             parser.set_defaults(verbose=False)
         return parser
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        if self.default_data is not None:
+            parser.set_defaults({"data": {"class_path": self.default_data}})
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="run `test` right after `fit`"
+        )
+        parser.add_argument(
+            "--test_ckpt_path",
+            type=str | None,
+            default=None,
+            help="weights for the test after `fit`: null = the final weights; 'best' = the "
+            "best checkpoint of the ModelCheckpoint callback (model selection on its monitored "
+            "validation metric); or a checkpoint path",
+        )
+
+    def after_fit(self) -> None:
+        config = self.config[self.subcommand]
+        if config.get("test_after_fit", True):
+            self.test_after_fit(config.get("test_ckpt_path"))
 
     def test_after_fit(self, ckpt_path: str | None = None) -> None:
         """Test the fitted model on the datamodule's test split; only the recipe's table prints."""

@@ -362,29 +362,12 @@ class SegmentationCLI(RecipeCLI):
     section has no ``class_path`` gets :class:`~lightning_losses.data.SegmentationDataModule`.
     """
 
+    default_data = "lightning_losses.data.SegmentationDataModule"
+
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.set_defaults({"data": {"class_path": _DEFAULT_DATA}})
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=True, help="run `test` right after `fit`"
-        )
-        parser.add_argument(
-            "--test_ckpt_path",
-            type=str | None,
-            default=None,
-            help="weights for the test after `fit`: null = the final weights; 'best' = the "
-            "best checkpoint of the ModelCheckpoint callback; or a checkpoint path",
-        )
-
-    def after_fit(self) -> None:
-        config = self.config[self.subcommand]
-        if config.get("test_after_fit", True):
-            self.test_after_fit(config.get("test_ckpt_path"))
-
-
-#: The datamodule of a config whose ``data`` section names no ``class_path``.
-_DEFAULT_DATA = "lightning_losses.data.SegmentationDataModule"
 
 
 def cli_main(args: list[str] | None = None, **kwargs: Any) -> SegmentationCLI:
